@@ -1,0 +1,106 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: MIT
+
+"""Anomaly maps and image scores from the per-pair logits of Bayes-PFL.
+
+Every (normal, abnormal) prompt pair gives a 2-way softmax per pixel and per image. The reference upsamples the
+per-layer patch logits bilinearly (``align_corners=True``) to the input size, takes each pair's softmax, keeps the
+anomalous probability and averages over all pairs and layers. A 2-way softmax is the sigmoid of the logit
+difference, and upsampling is linear, so upsampling the *difference* and applying a sigmoid is the same map with
+half the upsampling work. The image score mixes the mean pair probability of the image branch with the mean of
+the ``k`` largest values of the unsmoothed map; the map itself is then smoothed with a Gaussian.
+
+Unlike the reference, no min-max normalisation over the test set happens here: a deployed model sees one image at
+a time, and anomalib's post-processor normalises with statistics from validation.
+
+Paper:
+    Qu et al., CVPR 2025, Sec. 3.5 and 4.1. Reference code: ``test.py`` of
+    https://github.com/xiaozhen228/Bayes-PFL (MIT).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from anomalib.models.components import GaussianBlur2d
+from anomalib.models.components.filters.blur import compute_kernel_size
+from torch import nn
+
+
+def pair_logit_difference(logits: torch.Tensor) -> torch.Tensor:
+    """Abnormal-minus-normal logits of each pair; the last axis holds all normal logits, then all abnormal ones.
+
+    Example:
+        >>> pair_logit_difference(torch.tensor([[1.0, 2.0, 4.0, 0.0]])).tolist()
+        [[3.0, -2.0]]
+    """
+    half = logits.shape[-1] // 2
+    return logits[..., half:] - logits[..., :half]
+
+
+def pixel_anomaly_probability(layer_logits: list[torch.Tensor], grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """Mean anomalous probability over layers and pairs, at the input resolution.
+
+    Args:
+        layer_logits (list[torch.Tensor]): Per tapped layer, patch logits ``(N, P, 2K)`` (``K`` pairs).
+        grid (tuple[int, int]): Patch grid ``(h, w)`` with ``h * w = P``.
+        size (tuple[int, int]): Output size ``(H, W)``.
+
+    Returns:
+        torch.Tensor: Anomaly probability map ``(N, H, W)``.
+    """
+    total = None
+    for logits in layer_logits:
+        difference = pair_logit_difference(logits).transpose(1, 2).unflatten(2, grid)  # (N, K, h, w)
+        upsampled = F.interpolate(difference, size=size, mode="bilinear", align_corners=True)
+        probability = torch.sigmoid(upsampled).mean(dim=1)
+        total = probability if total is None else total + probability
+    return total / len(layer_logits)
+
+
+def image_anomaly_probability(logits: torch.Tensor) -> torch.Tensor:
+    """Mean anomalous probability over pairs from image logits ``(N, 2K)``; returns ``(N,)``."""
+    return torch.sigmoid(pair_logit_difference(logits)).mean(dim=-1)
+
+
+def top_k_mean(anomaly_map: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of the ``k`` largest values of each map ``(N, H, W)`` (all values if there are fewer)."""
+    flat = anomaly_map.flatten(1)
+    return flat.topk(min(k, flat.shape[1]), dim=1).values.mean(dim=1)
+
+
+class AnomalyMapGenerator(nn.Module):
+    """Fuses per-layer pixel logits and image logits into the anomaly map and the image score.
+
+    Args:
+        image_size (int): Side of the (square) input, used to validate the smoothing kernel.
+        sigma (float): Gaussian smoothing of the map in pixels; ``0`` disables it. Defaults to ``8``.
+        alpha (float): Weight of the image branch in the score. Defaults to ``0.5``.
+        top_k (int): Pixels averaged for the map's share of the score. Defaults to ``2000``.
+    """
+
+    def __init__(self, image_size: int, sigma: float = 8.0, alpha: float = 0.5, top_k: int = 2000) -> None:
+        super().__init__()
+        if not 0.0 <= alpha <= 1.0:
+            msg = f"score_alpha={alpha} must lie in [0, 1]."
+            raise ValueError(msg)
+        if top_k < 1:
+            msg = f"top_k={top_k} must be at least 1."
+            raise ValueError(msg)
+        if sigma < 0 or compute_kernel_size(sigma) // 2 >= image_size:
+            msg = f"gaussian_sigma={sigma} must be >= 0 and its kernel smaller than image_size={image_size}."
+            raise ValueError(msg)
+        self.alpha, self.top_k = alpha, top_k
+        self.blur = GaussianBlur2d(sigma=sigma, channels=1) if sigma > 0 else nn.Identity()
+
+    def forward(
+        self,
+        image_logits: torch.Tensor,
+        layer_logits: list[torch.Tensor],
+        grid: tuple[int, int],
+        size: tuple[int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the image score ``(N,)`` and the smoothed anomaly map ``(N, H, W)``."""
+        raw_map = pixel_anomaly_probability(layer_logits, grid, size)
+        score = self.alpha * image_anomaly_probability(image_logits) + (1 - self.alpha) * top_k_mean(raw_map, self.top_k)
+        return score, self.blur(raw_map.unsqueeze(1)).squeeze(1)

@@ -1,0 +1,321 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: MIT
+
+"""Frozen open_clip ViT backbone with multi-layer patch taps and prompt-level text encoding.
+
+Bayes-PFL reads four things from a frozen CLIP: the projected class token of the last block (the global
+image feature that conditions the image-specific prompt distribution), the *raw* outputs of a few residual
+blocks (patch tokens, no ``ln_post`` and no projection), and the text tower run on token embeddings into
+which learnable prompts were injected.
+
+The backbone is any open_clip ViT/CLIP by name. Weights come from an open_clip pretrained tag (downloaded
+through open_clip, so a missing network is reported as such), from a local open_clip checkpoint, or from an
+OpenAI ``.pt`` TorchScript archive such as ``ViT-L-14-336px.pt``. The positional embedding is resized
+(bicubic, antialiased) to the grid of ``image_size``, as the reference does for 518 px.
+
+Paper:
+    Qu et al., "Bayesian Prompt Flow Learning for Zero-Shot Anomaly Detection", CVPR 2025, Sec. 3.1.
+    Reference code: https://github.com/xiaozhen228/Bayes-PFL (MIT), ``models/model_CLIP.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from importlib import resources
+from pathlib import Path
+
+import open_clip
+import torch
+from open_clip.model import resize_pos_embed
+from open_clip.transformer import VisionTransformer
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+ACTIVATIONS = ("auto", "gelu", "quick_gelu")
+"""``gelu`` is the exact GELU of the reference re-implementation (needed for the authors' released heads);
+``quick_gelu`` is what OpenAI trained CLIP with; ``auto`` follows the weights (QuickGELU for OpenAI weights)."""
+
+PACKAGED_CONFIGS = "model_configs"
+"""Folder of small open_clip architectures shipped with the package (demo and tests run on them)."""
+
+OPENAI_ARCHIVE_KEYS = ("input_resolution", "context_length", "vocab_size")
+"""Non-tensor entries of OpenAI's TorchScript state dict that open_clip's CLIP does not have."""
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Raised when CLIP weights cannot be obtained (offline, missing file, wrong architecture)."""
+
+
+def packaged_model_names() -> list[str]:
+    """Names of the open_clip architectures shipped in ``anomalib_bayes_pfl/model_configs``."""
+    folder = resources.files(__package__) / PACKAGED_CONFIGS
+    return sorted(entry.name.removesuffix(".json") for entry in folder.iterdir() if entry.name.endswith(".json"))
+
+
+def _model_config(name: str) -> dict:
+    """Return open_clip's config for ``name``, registering a packaged config on first use.
+
+    Registration happens here, not at import, so importing the package never changes open_clip's registry.
+    """
+    if name not in open_clip.list_models() and name in packaged_model_names():
+        config_file = resources.files(__package__) / PACKAGED_CONFIGS / f"{name}.json"
+        with resources.as_file(config_file) as path:
+            open_clip.add_model_config(path)
+    config = open_clip.get_model_config(name)
+    if config is None:
+        known = ", ".join(open_clip.list_models() + packaged_model_names())
+        msg = f"Unknown backbone {name!r}. Use an open_clip model name, one of: {known}."
+        raise ValueError(msg)
+    return config
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    """OpenAI's released CLIP files are TorchScript zips; they contain a ``code/`` folder."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read CLIP weights from an open_clip checkpoint or an OpenAI TorchScript archive, safely."""
+    if not path.is_file():
+        msg = (
+            f"CLIP weights file not found: {path}. Pass the path of an existing open_clip checkpoint or of "
+            "OpenAI's TorchScript archive (e.g. ViT-L-14-336px.pt)."
+        )
+        raise WeightsUnavailableError(msg)
+    if _is_torchscript_archive(path):
+        state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
+    else:
+        try:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+            msg = f"Could not read CLIP weights from {path}: {error}. Expected an open_clip/OpenAI CLIP checkpoint."
+            raise WeightsUnavailableError(msg) from None
+        if isinstance(state_dict, dict) and "state_dict" in state_dict:
+            state_dict = state_dict["state_dict"]
+    state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    for key in OPENAI_ARCHIVE_KEYS:
+        state_dict.pop(key, None)
+    return state_dict
+
+
+def _download(name: str, tag: str) -> Path:
+    """Fetch an open_clip pretrained tag, turning network failures into one actionable message."""
+    config = open_clip.get_pretrained_cfg(name, tag)
+    source = config.get("url") or config.get("hf_hub") or "open_clip's pretrained registry"
+    try:
+        return Path(open_clip.download_pretrained(config))
+    except Exception as error:  # noqa: BLE001 - urllib, HF hub and OS errors all mean "not available here"
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        msg = (
+            f"Could not obtain the pretrained weights {tag!r} of {name!r} ({reason}). This machine may be offline. "
+            f"Download them elsewhere ({source}) and pass the local file instead of the tag, e.g. "
+            f"BayesPFL(backbone={name!r}, pretrained='/path/to/weights.pt') or --model.pretrained /path/to/weights.pt."
+        )
+        raise WeightsUnavailableError(msg) from None
+
+
+def resolve_weights(name: str, pretrained: str | None) -> Path | None:
+    """Map ``pretrained`` (None, a tag or a path) to a local weights file, validating it early."""
+    if not pretrained:
+        return None
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained in tags:
+        return _download(name, pretrained)
+    path = Path(pretrained).expanduser()
+    if path.suffix or path.is_absolute() or path.exists():
+        if not path.is_file():
+            msg = f"CLIP weights file not found: {path}. Check the path, or use a pretrained tag of {name!r}: {tags}."
+            raise WeightsUnavailableError(msg)
+        return path
+    msg = f"Unknown pretrained tag {pretrained!r} for {name!r}. Use one of {tags}, a local weights file, or None."
+    raise ValueError(msg)
+
+
+def _wants_quick_gelu(activation: str, pretrained: str | None, weights: Path | None) -> bool:
+    """Decide the MLP activation: QuickGELU for OpenAI weights under ``auto``, else as asked."""
+    if activation not in ACTIVATIONS:
+        msg = f"Unknown activation {activation!r}; use one of {ACTIVATIONS}."
+        raise ValueError(msg)
+    if activation != "auto":
+        return activation == "quick_gelu"
+    return pretrained == "openai" or (weights is not None and _is_torchscript_archive(weights))
+
+
+class ClipBackbone(nn.Module):
+    """Frozen CLIP that returns the global image feature, raw patch tokens of chosen blocks and text features.
+
+    Args:
+        name (str): open_clip model name (``open_clip.list_models()``) or a packaged tiny config.
+            Defaults to ``"ViT-L-14-336"``.
+        pretrained (str | None): open_clip pretrained tag, a local weights file, or ``None`` for random weights.
+            Defaults to ``"openai"``.
+        image_size (int): Input side length; must be a multiple of the patch size. Defaults to ``518``.
+        feature_layers (tuple[int, ...]): 1-indexed residual blocks whose outputs are tapped.
+            Defaults to ``(6, 12, 18, 24)``.
+        activation (str): ``"auto"``, ``"gelu"`` or ``"quick_gelu"``; see :data:`ACTIVATIONS`.
+            Defaults to ``"auto"``.
+
+    Example:
+        >>> backbone = ClipBackbone("bayes-pfl-tiny", pretrained=None, image_size=64, feature_layers=(1, 2))
+        >>> global_feature, patches = backbone(torch.zeros(2, 3, 64, 64))
+        >>> global_feature.shape, len(patches), patches[0].shape
+        (torch.Size([2, 64]), 2, torch.Size([2, 64, 96]))
+    """
+
+    def __init__(
+        self,
+        name: str = "ViT-L-14-336",
+        pretrained: str | None = "openai",
+        image_size: int = 518,
+        feature_layers: tuple[int, ...] = (6, 12, 18, 24),
+        activation: str = "auto",
+    ) -> None:
+        super().__init__()
+        config = _model_config(name)
+        self._check_geometry(name, config, image_size, feature_layers)
+        weights = resolve_weights(name, pretrained)
+        quick_gelu = _wants_quick_gelu(activation, pretrained, weights)
+        self.clip = open_clip.create_model(name, pretrained=None, force_image_size=image_size, force_quick_gelu=quick_gelu)
+        self._check_supported(name)
+        if weights is not None:
+            self._load(weights, name)
+        self.clip.requires_grad_(False)
+        self.clip.eval()
+        self.image_size = image_size
+        self.feature_layers = tuple(feature_layers)
+
+    @staticmethod
+    def _check_geometry(name: str, config: dict, image_size: int, feature_layers: tuple[int, ...]) -> None:
+        """Reject sizes and layers the architecture cannot serve, before anything heavy is built."""
+        vision = config.get("vision_cfg", {})
+        patch_size, depth = vision.get("patch_size"), vision.get("layers")
+        if patch_size is None or not isinstance(depth, int):
+            msg = f"Backbone {name!r} is not a ViT CLIP (no patch_size/layers in its config); use a ViT model."
+            raise ValueError(msg)
+        if image_size <= 0 or image_size % patch_size:
+            msg = f"image_size={image_size} must be a positive multiple of {name!r}'s patch size {patch_size}."
+            raise ValueError(msg)
+        if not feature_layers or any(layer < 1 or layer > depth for layer in feature_layers):
+            msg = f"feature_layers={tuple(feature_layers)} must be 1-indexed blocks within 1..{depth} for {name!r}."
+            raise ValueError(msg)
+
+    def _check_supported(self, name: str) -> None:
+        """Bayes-PFL needs a plain class-token ViT and a CLIP (not custom/HF) text tower."""
+        visual = self.clip.visual
+        if not isinstance(visual, VisionTransformer) or visual.attn_pool is not None or visual.pool_type != "tok":
+            msg = f"Backbone {name!r} must be a class-token open_clip VisionTransformer without attention pooling."
+            raise ValueError(msg)
+        if not hasattr(self.clip, "token_embedding"):
+            msg = f"Backbone {name!r} has a custom text tower; Bayes-PFL needs open_clip's built-in CLIP text model."
+            raise ValueError(msg)
+
+    def _load(self, weights: Path, name: str) -> None:
+        """Load weights, resizing the positional embedding to this grid; report an architecture mismatch clearly."""
+        state_dict = _read_state_dict(weights)
+        resize_pos_embed(state_dict, self.clip)
+        try:
+            self.clip.load_state_dict(state_dict, strict=True)
+        except RuntimeError as error:
+            detail = str(error).splitlines()[1:4]
+            msg = (
+                f"The weights in {weights} do not fit the {name!r} architecture ({'; '.join(d.strip() for d in detail)}). "
+                f"Use the file that matches {name!r}, or pick the backbone name that matches the file."
+            )
+            raise WeightsUnavailableError(msg) from None
+
+    def train(self, mode: bool = True) -> ClipBackbone:
+        """Keep CLIP in eval mode whatever the trainer asks: it is frozen."""
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the joint image-text space (the projected features)."""
+        return self.clip.text_projection.shape[1]
+
+    @property
+    def vision_width(self) -> int:
+        """Width of the vision transformer's residual stream (raw patch tokens)."""
+        return self.clip.visual.conv1.out_channels
+
+    @property
+    def text_width(self) -> int:
+        """Width of the text transformer's token embeddings, where prompts are injected."""
+        return self.clip.token_embedding.embedding_dim
+
+    @property
+    def context_length(self) -> int:
+        """Maximum text length in tokens."""
+        return self.clip.positional_embedding.shape[0]
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patch grid of the vision transformer at ``image_size``."""
+        return tuple(self.clip.visual.grid_size)
+
+    def _blocks_batch_first(self, transformer: nn.Module) -> bool:
+        """open_clip < 2.26 runs its transformers sequence-first; later versions batch-first."""
+        return bool(getattr(transformer, "batch_first", False))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Encode images.
+
+        Args:
+            images (torch.Tensor): Normalised images of shape ``(N, 3, S, S)``, ``S = image_size``.
+
+        Returns:
+            tuple[torch.Tensor, list[torch.Tensor]]: The global feature ``(N, E)`` (``ln_post`` of the last
+            class token, projected, not normalised) and one ``(N, P, W)`` raw patch-token tensor per tapped
+            block (class token dropped), ``P`` = grid cells, ``W`` = vision width.
+        """
+        visual = self.clip.visual
+        x = visual.conv1(images)  # shape = [N, W, grid, grid]
+        x = x.flatten(2).transpose(1, 2)  # shape = [N, grid ** 2, W]
+        class_token = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([class_token, x], dim=1) + visual.positional_embedding.to(x.dtype)
+        x = visual.ln_pre(visual.patch_dropout(x))
+        batch_first = self._blocks_batch_first(visual.transformer)
+        x = x if batch_first else x.transpose(0, 1)  # NLD -> LND
+        taps = []
+        for index, block in enumerate(visual.transformer.resblocks, start=1):
+            x = block(x)
+            if index in self.feature_layers:
+                taps.append((x if batch_first else x.transpose(0, 1))[:, 1:])
+        x = x if batch_first else x.transpose(0, 1)  # LND -> NLD
+        global_feature = visual.ln_post(x[:, 0]) @ visual.proj
+        return global_feature, taps
+
+    def token_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Embed token ids ``(M, L)`` into ``(M, L, text_width)``."""
+        return self.clip.token_embedding(tokens)
+
+    def encode_text_embeddings(self, embeddings: torch.Tensor, eos_index: torch.Tensor) -> torch.Tensor:
+        """Run the text tower on token embeddings and read out the end-of-text token.
+
+        The causal mask means nothing after the end-of-text token changes its output, so ``embeddings`` may be
+        cut to the longest prompt (fewer than the 77 positions CLIP was trained with).
+
+        Args:
+            embeddings (torch.Tensor): Token embeddings ``(M, L, text_width)``, ``L <= context_length``.
+            eos_index (torch.Tensor): Position of the end-of-text token of each sequence, ``(M,)``.
+
+        Returns:
+            torch.Tensor: Projected, unnormalised text features ``(M, E)``.
+        """
+        length = embeddings.shape[1]
+        x = embeddings + self.clip.positional_embedding[:length].to(embeddings.dtype)
+        attn_mask = self.clip.attn_mask[:length, :length]
+        batch_first = self._blocks_batch_first(self.clip.transformer)
+        x = x if batch_first else x.transpose(0, 1)
+        x = self.clip.transformer(x, attn_mask=attn_mask)
+        x = x if batch_first else x.transpose(0, 1)
+        x = self.clip.ln_final(x)
+        eos = x[torch.arange(x.shape[0], device=x.device), eos_index]
+        return eos @ self.clip.text_projection
+

@@ -1,0 +1,379 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: MIT
+
+"""Datamodule for Bayes-PFL's cross-dataset training protocol.
+
+Bayes-PFL learns its prompt distributions from *anomalous* images with pixel masks, then detects
+anomalies zero-shot in categories it never saw. The paper trains on the test split of every VisA
+category and evaluates on MVTec AD (and the reverse). anomalib's stock datamodules cannot express
+this: their train split holds normal images only. :class:`AuxiliaryTrain` therefore uses
+
+* **train**: the *test* split (normal and anomalous images, with masks) of the source categories,
+  minus a held-out part;
+* **val**: that held-out part, drawn per source category and per label with a fixed seed, so model
+  selection never looks at the target data;
+* **test**: the test split of the target categories, or the held-out source part when no target is
+  given.
+
+The splits are built from anomalib's own dataset classes (:class:`~anomalib.data.datasets.MVTecADDataset`,
+:class:`~anomalib.data.datasets.VisaDataset`, :class:`~anomalib.data.datasets.FolderDataset`) and their
+``samples`` tables, concatenated with ``+``. Nothing is ever downloaded: a missing folder raises
+:class:`FileNotFoundError` that says how to create offline demo data.
+
+Example:
+    >>> from anomalib_bayes_pfl.data import AuxiliaryTrain, generate_synthetic_dataset
+    >>> root = generate_synthetic_dataset("./datasets/synthetic")
+    >>> datamodule = AuxiliaryTrain(
+    ...     source_root=root,
+    ...     source_categories=["disc", "stripes", "checker"],
+    ...     target_root=root,
+    ...     target_categories=["square", "ring", "grain"],
+    ...     num_workers=0,
+    ... )
+    >>> datamodule.setup()
+    >>> batch = next(iter(datamodule.train_dataloader()))
+    >>> batch.image.shape, batch.gt_mask.shape
+    (torch.Size([8, 3, 64, 64]), torch.Size([8, 64, 64]))
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import operator
+import zlib
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from anomalib.data.datamodules.base.image import AnomalibDataModule
+from anomalib.data.datasets import FolderDataset, MVTecADDataset, VisaDataset
+from anomalib.data.datasets.base.image import AnomalibDataset
+from anomalib.data.utils import Split, TestSplitMode, ValSplitMode
+from torchvision.transforms.v2 import Transform
+
+from .synthetic import DEFAULT_CATEGORIES
+
+__all__ = ["SUPPORTED_FORMATS", "AuxiliaryTrain", "category_from_path"]
+
+#: Dataset layouts :class:`AuxiliaryTrain` can read.
+SUPPORTED_FORMATS: tuple[str, ...] = ("mvtec", "visa", "folder")
+
+_SPLIT_FOLDERS = frozenset({"train", "test", "ground_truth"})
+_VISA_SPLIT_FOLDER = "visa_pytorch"  # where anomalib's Visa datamodule writes its converted layout
+_DEMO_HINT = (
+    "For offline demo data run `python -m anomalib_bayes_pfl.data.synthetic {root}` "
+    "and use its categories ({categories})."
+)
+_LAYOUTS = {
+    "mvtec": "<root>/<category>/test/{good,<defect>}/*.png with masks in <root>/<category>/ground_truth/<defect>/",
+    "visa": (
+        "<root>/visa_pytorch/<category>/test/{good,<defect>}/ (the layout anomalib's "
+        "Visa(root=<root>, category=<category>).prepare_data() converts raw VisA into)"
+    ),
+    "folder": "<root>/<category>/test/{good,<defect>}/<images of any extension> with masks in ground_truth/<defect>/",
+}
+
+
+def category_from_path(image_path: str | Path) -> str | None:
+    r"""Return the category folder of an image in the MVTec AD / VisA layout.
+
+    A batch drawn from several categories carries no per-image category, yet Bayes-PFL builds its
+    text prompts from the object name; the folder layout ``.../<category>/(train|test)/<defect>/<file>``
+    (or ``ground_truth`` for masks) is the one place that name is recorded.
+
+    Args:
+        image_path: Path of an image or mask, with ``/`` or ``\`` separators.
+
+    Returns:
+        The category folder name, or ``None`` if the path does not follow that layout.
+
+    Example:
+        >>> category_from_path("datasets/MVTecAD/bottle/test/broken_large/000.png")
+        'bottle'
+        >>> category_from_path("photo.png") is None
+        True
+    """
+    parts = PurePosixPath(str(image_path).replace("\\", "/")).parts
+    if len(parts) < 4 or parts[-3] not in _SPLIT_FOLDERS or parts[-4] in {"", "/"}:
+        return None
+    return parts[-4]
+
+
+def _normalise_categories(categories: Sequence[str] | None, argument: str) -> list[str]:
+    """Turn a category argument into a list without duplicates (a lone string is one category).
+
+    ``None`` gives an empty list; an empty sequence is rejected because it is always a mistake.
+    """
+    if categories is None:
+        return []
+    names = [categories] if isinstance(categories, str) else [str(name) for name in categories]
+    if not names or not all(names):
+        msg = f"{argument}={categories!r} must name at least one category folder, e.g. ['bottle']."
+        raise ValueError(msg)
+    return list(dict.fromkeys(names))
+
+
+def _normalise_format(value: str, argument: str) -> str:
+    """Accept a format name in any letter case, rejecting unknown ones early."""
+    name = str(value).lower()
+    if name not in SUPPORTED_FORMATS:
+        msg = f"{argument}={value!r} is not supported; use one of {list(SUPPORTED_FORMATS)}."
+        raise ValueError(msg)
+    return name
+
+
+def _dataset_root(root: Path, dataset_format: str) -> Path:
+    """Folder that directly contains the category folders.
+
+    For VisA this is ``<root>/visa_pytorch``, as in anomalib's ``Visa`` datamodule; a root that
+    already points at ``visa_pytorch`` is accepted too.
+    """
+    if dataset_format == "visa" and root.name != _VISA_SPLIT_FOLDER:
+        return root / _VISA_SPLIT_FOLDER
+    return root
+
+
+def _check_category_folder(root: Path, category: str, dataset_format: str, role: str) -> Path:
+    """Fail with an actionable message unless ``category``'s test split is on disk.
+
+    This replaces anomalib's ``prepare_data`` download: training data must already be present.
+    """
+    hint = _DEMO_HINT.format(root=_dataset_root(root, dataset_format), categories=", ".join(DEFAULT_CATEGORIES))
+    if not root.is_dir():
+        msg = f"{role}_root '{root}' does not exist. Expected layout: {_LAYOUTS[dataset_format]}. {hint}"
+        raise FileNotFoundError(msg)
+    folder = _dataset_root(root, dataset_format) / category
+    if not (folder / "test").is_dir():
+        msg = (
+            f"{role} category '{category}' not found: '{folder / 'test'}' is not a folder. "
+            f"Expected layout ({role}_format='{dataset_format}'): {_LAYOUTS[dataset_format]}. "
+            f"Check {role}_root and {role}_categories. {hint}"
+        )
+        raise FileNotFoundError(msg)
+    return folder
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.iterdir() if path.is_dir()) if folder.is_dir() else []
+
+
+def _folder_test_dataset(folder: Path) -> FolderDataset:
+    """Build anomalib's ``FolderDataset`` over one MVTec-style category folder with any image extension.
+
+    ``FolderDataset`` pairs anomalous images with masks by sorted order, so masks are used only when
+    every defect folder has a ground-truth folder; otherwise the data is classification-only.
+    """
+    defects = [path for path in _subfolders(folder / "test") if path.name != "good"]
+    normal_test = folder / "test" / "good"
+    normal_train = folder / "train" / "good"
+    if not normal_test.is_dir() and not normal_train.is_dir():
+        msg = f"'{folder}' has neither test/good nor train/good; the 'folder' format needs normal images there."
+        raise FileNotFoundError(msg)
+    masks = [folder / "ground_truth" / path.name for path in defects]
+    has_masks = bool(masks) and all(path.is_dir() for path in masks)
+    return FolderDataset(
+        name=folder.name,
+        # FolderDataset requires a train folder; with split="test" its images are dropped again.
+        normal_dir=normal_train if normal_train.is_dir() else normal_test,
+        normal_test_dir=normal_test if normal_test.is_dir() else None,
+        abnormal_dir=defects or None,
+        mask_dir=masks if has_masks else None,
+        split=Split.TEST,
+    )
+
+
+def _test_dataset(root: Path, category: str, dataset_format: str, role: str) -> AnomalibDataset:
+    """The test split of one category, read with the matching anomalib dataset class."""
+    folder = _check_category_folder(root, category, dataset_format, role)
+    if dataset_format == "mvtec":
+        return MVTecADDataset(root=root, category=category, split=Split.TEST)
+    if dataset_format == "visa":
+        return VisaDataset(root=folder.parent, category=category, split=Split.TEST)
+    return _folder_test_dataset(folder)
+
+
+def _concatenate(datasets: Sequence[AnomalibDataset]) -> AnomalibDataset:
+    """Join datasets with anomalib's ``+`` and keep the task a model will see.
+
+    pandas keeps ``DataFrame.attrs`` through ``concat`` only when all inputs agree, so the task
+    (segmentation as soon as any part has masks) is set again on the result.
+    """
+    tasks = {dataset.samples.attrs.get("task", "classification") for dataset in datasets}
+    combined = functools.reduce(operator.add, datasets)
+    combined.samples.attrs["task"] = "segmentation" if "segmentation" in tasks else "classification"
+    return combined
+
+
+def _holdout_size(count: int, ratio: float) -> int:
+    """Images of one (category, label) group to hold out: ``round(count * ratio)``.
+
+    At least one is held out when the group has two or more images, so validation sees every
+    category and both labels; at least one always stays in training.
+    """
+    if count < 2:
+        return 0
+    return int(min(count - 1, max(1, round(count * ratio))))
+
+
+def _stratified_holdout(
+    dataset: AnomalibDataset,
+    ratio: float,
+    rng: np.random.Generator,
+) -> tuple[AnomalibDataset, AnomalibDataset]:
+    """Split one category's dataset into (train, held-out) with the same label mix in both."""
+    labels = dataset.samples["label_index"].to_numpy()
+    held_out: list[int] = []
+    for label in sorted(set(labels.tolist())):
+        indices = np.flatnonzero(labels == label)
+        held_out += rng.choice(indices, size=_holdout_size(len(indices), ratio), replace=False).tolist()
+    kept = sorted(set(range(len(labels))) - set(held_out))
+    return dataset.subsample(kept), dataset.subsample(sorted(held_out))
+
+
+def _category_rng(seed: int | None, category: str) -> np.random.Generator:
+    """One generator per category, so adding a category does not change the others' held-out images."""
+    if seed is None:
+        return np.random.default_rng()
+    return np.random.default_rng([seed, zlib.crc32(category.encode("utf-8"))])
+
+
+class AuxiliaryTrain(AnomalibDataModule):
+    """Train on anomalous auxiliary data, validate on held-out source data, test on a target dataset.
+
+    Args:
+        source_root: Root of the auxiliary (training) dataset, e.g. VisA when testing on MVTec AD.
+        source_categories: Source categories whose *test* split is used for training.
+        target_root: Root of the evaluation dataset. ``None`` tests on ``source_root`` when
+            ``target_categories`` is given, otherwise on the held-out validation set.
+        target_categories: Categories to test on (their test split).
+        source_format: Layout of ``source_root``: ``"mvtec"``, ``"visa"`` or ``"folder"``.
+        target_format: Layout of ``target_root``.
+        val_ratio: Fraction of every (source category, label) group held out for validation; it is
+            rounded, and at least one image per group of two or more is held out.
+        train_batch_size: Batch size of the train dataloader.
+        eval_batch_size: Batch size of the validation and test dataloaders.
+        num_workers: Dataloader worker processes.
+        train_augmentations: Augmentations for training images (and masks).
+        val_augmentations: Augmentations for validation images.
+        test_augmentations: Augmentations for test images.
+        augmentations: Fallback for any split without its own augmentations.
+        seed: Seed of the held-out split; ``None`` draws a new split every run.
+
+    Raises:
+        ValueError: If ``val_ratio`` is outside ``(0, 1)``, a format is unknown, a category list is
+            empty, or ``target_root`` is given without ``target_categories``.
+
+    Example:
+        >>> datamodule = AuxiliaryTrain(
+        ...     source_root="./datasets/visa",
+        ...     source_categories=["candle", "capsules"],
+        ...     source_format="visa",
+        ...     target_root="./datasets/MVTecAD",
+        ...     target_categories=["bottle"],
+        ... )
+        >>> datamodule.category
+        'bottle'
+    """
+
+    #: :func:`category_from_path`, reachable from the datamodule a model is given.
+    category_of = staticmethod(category_from_path)
+
+    def __init__(
+        self,
+        source_root: str | Path,
+        source_categories: Sequence[str],
+        target_root: str | Path | None = None,
+        target_categories: Sequence[str] | None = None,
+        source_format: str = "mvtec",
+        target_format: str = "mvtec",
+        val_ratio: float = 0.1,
+        train_batch_size: int = 8,
+        eval_batch_size: int = 8,
+        num_workers: int = 4,
+        train_augmentations: Transform | None = None,
+        val_augmentations: Transform | None = None,
+        test_augmentations: Transform | None = None,
+        augmentations: Transform | None = None,
+        seed: int | None = 0,
+    ) -> None:
+        if not 0.0 < float(val_ratio) < 1.0:
+            msg = f"val_ratio={val_ratio} must lie strictly between 0 and 1 (e.g. 0.1 holds out 10% per group)."
+            raise ValueError(msg)
+        super().__init__(
+            train_batch_size=train_batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            train_augmentations=train_augmentations,
+            val_augmentations=val_augmentations,
+            test_augmentations=test_augmentations,
+            augmentations=augmentations,
+            # All three splits are built in ``_setup``; FROM_DIR tells the base class not to re-split.
+            val_split_mode=ValSplitMode.FROM_DIR,
+            val_split_ratio=val_ratio,
+            test_split_mode=TestSplitMode.FROM_DIR,
+            seed=seed,
+        )
+        self.source_root = Path(source_root)
+        self.source_categories = _normalise_categories(source_categories, "source_categories")
+        self.source_format = _normalise_format(source_format, "source_format")
+        self.target_format = _normalise_format(target_format, "target_format")
+        self.target_categories = _normalise_categories(target_categories, "target_categories")
+        if target_root is not None and not self.target_categories:
+            msg = f"target_root='{target_root}' was given without target_categories; list the categories to test on."
+            raise ValueError(msg)
+        if target_root is None and self.target_categories:
+            target_root = source_root
+        self.target_root = Path(target_root) if target_root is not None else None
+        self.val_ratio = float(val_ratio)
+
+    @property
+    def category(self) -> str:
+        """Readable name of what is tested, used by anomalib for result folders.
+
+        The target categories joined with ``+``, or the source categories when testing on the
+        held-out source data.
+        """
+        return "+".join(self.target_categories or self.source_categories)
+
+    @property
+    def has_target(self) -> bool:
+        """Whether the test split comes from a separate target dataset."""
+        return self.target_root is not None
+
+    def prepare_data(self) -> None:
+        """Check that every folder exists; unlike anomalib's datamodules this never downloads.
+
+        Raises:
+            FileNotFoundError: If a root or category folder is missing.
+        """
+        for category in self.source_categories:
+            _check_category_folder(self.source_root, category, self.source_format, "source")
+        if self.target_root is not None:
+            for category in self.target_categories:
+                _check_category_folder(self.target_root, category, self.target_format, "target")
+
+    def _setup(self, _stage: str | None = None) -> None:
+        """Build train/val from the source test splits and test from the target test splits."""
+        train_parts: list[AnomalibDataset] = []
+        val_parts: list[AnomalibDataset] = []
+        for category in self.source_categories:
+            dataset = _test_dataset(self.source_root, category, self.source_format, "source")
+            train_part, val_part = _stratified_holdout(dataset, self.val_ratio, _category_rng(self.seed, category))
+            train_parts.append(train_part)
+            val_parts.append(val_part)
+        self.train_data = _concatenate(train_parts)
+        self.val_data = _concatenate(val_parts)
+        if self.target_root is None:
+            self.test_data = copy.deepcopy(self.val_data)
+            return
+        root, dataset_format = self.target_root, self.target_format
+        targets = [_test_dataset(root, name, dataset_format, "target") for name in self.target_categories]
+        self.test_data = _concatenate(targets)
+
+    def _create_test_split(self) -> None:
+        """Keep the test split from ``_setup`` as it is.
+
+        The base class would move the normal test images aside and, depending on the mode, drop them
+        or refill them from the *train* split, which here holds anomalous source images.
+        """

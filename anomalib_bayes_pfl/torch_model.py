@@ -1,0 +1,239 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: MIT
+
+"""PyTorch model of Bayes-PFL: frozen CLIP, prompt bank, prompt flow, RCA, image branch and anomaly maps.
+
+Example:
+    >>> model = BayesPFLModel("bayes-pfl-tiny", pretrained=None, image_size=64, feature_layers=(2, 4),
+    ...                       num_samples=2, gaussian_sigma=1.0).eval()
+    >>> output = model(torch.rand(2, 3, 64, 64))
+    >>> output.pred_score.shape, output.anomaly_map.shape
+    (torch.Size([2]), torch.Size([2, 64, 64]))
+
+Paper:
+    Qu et al., "Bayesian Prompt Flow Learning for Zero-Shot Anomaly Detection", CVPR 2025.
+    Reference code: https://github.com/xiaozhen228/Bayes-PFL (MIT).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from anomalib.data import InferenceBatch
+from torch import nn
+
+from .anomaly_map import AnomalyMapGenerator
+from .backbone import ClipBackbone
+from .image_branch import ImageBranch
+from .prompt_flow import PromptFlow
+from .prompting import PromptBank, inject_prompts, tokenize_class_names
+from .rca import ResidualCrossModalAttention
+
+INITIAL_TEMPERATURE = math.log(1 / 0.07)
+"""Initial log logit scale of the image and pixel branches (CLIP's 1/0.07)."""
+
+HEAD_INIT_STD = 0.02
+"""All linear layers of the trainable head start from N(0, 0.02) with zero bias (reference ``_initialize_weights``)."""
+
+DEFAULT_CLASS_NAME = "object"
+"""Class name used when none is given and none can be read from the data."""
+
+
+def _require_positive(**sizes: int) -> None:
+    """Reject zero or negative sizes before any weights are built."""
+    for name, value in sizes.items():
+        if value < 1:
+            msg = f"{name}={value} must be at least 1."
+            raise ValueError(msg)
+
+
+class BayesPFLModel(nn.Module):
+    """Bayes-PFL on a frozen open_clip ViT.
+
+    Args:
+        backbone (str): open_clip model name. Defaults to ``"ViT-L-14-336"``.
+        pretrained (str | None): open_clip tag, local weights file, or ``None`` (random). Defaults to ``"openai"``.
+        image_size (int): Input side. Defaults to ``518``.
+        feature_layers (Sequence[int]): 1-indexed blocks whose patch tokens are used. Defaults to ``(6, 12, 18, 24)``.
+        activation (str): ``"auto"``, ``"gelu"`` (reference re-implementation) or ``"quick_gelu"``.
+            Defaults to ``"auto"``.
+        num_prompts (int): Prompt pairs in the bank ``B``. Defaults to ``3``.
+        context_length (int): Context vectors per prompt ``P``. Defaults to ``5``.
+        state_length (int): State vectors per prompt ``Q``. Defaults to ``5``.
+        num_flows (int): Planar flows per distribution ``K``. Defaults to ``10``.
+        num_samples (int): Prompt samples per image at evaluation ``R``. Defaults to ``10``.
+        eval_seed (int): Seed of the fixed evaluation noise. Defaults to ``0``.
+        class_name (str): Class name written into the prompts at inference. Defaults to ``"object"``.
+        gaussian_sigma (float): Smoothing of the anomaly map. Defaults to ``8``.
+        score_alpha (float): Weight of the image branch in the image score. Defaults to ``0.5``.
+        top_k (int): Map pixels averaged into the image score. Defaults to ``2000``.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "ViT-L-14-336",
+        pretrained: str | None = "openai",
+        image_size: int = 518,
+        feature_layers: Sequence[int] = (6, 12, 18, 24),
+        activation: str = "auto",
+        num_prompts: int = 3,
+        context_length: int = 5,
+        state_length: int = 5,
+        num_flows: int = 10,
+        num_samples: int = 10,
+        eval_seed: int = 0,
+        class_name: str = DEFAULT_CLASS_NAME,
+        gaussian_sigma: float = 8.0,
+        score_alpha: float = 0.5,
+        top_k: int = 2000,
+    ) -> None:
+        super().__init__()
+        _require_positive(
+            num_prompts=num_prompts,
+            context_length=context_length,
+            state_length=state_length,
+            num_flows=num_flows,
+            num_samples=num_samples,
+        )
+        self.anomaly_map = AnomalyMapGenerator(image_size, gaussian_sigma, score_alpha, top_k)
+        self.backbone = ClipBackbone(backbone, pretrained, image_size, tuple(feature_layers), activation)
+        embed_dim, vision_width = self.backbone.embed_dim, self.backbone.vision_width
+        text_width = self.backbone.text_width
+        self.prompt_bank = PromptBank(text_width, num_prompts, context_length, state_length)
+        self.prompt_flow = PromptFlow(embed_dim, text_width, vision_width // 2, num_flows, num_samples, eval_seed)
+        self.rca = ResidualCrossModalAttention(vision_width, embed_dim, len(feature_layers))
+        self.image_branch = ImageBranch(embed_dim, vision_width, len(feature_layers))
+        self.temperature_image = nn.Parameter(torch.tensor(INITIAL_TEMPERATURE))
+        self.temperature_pixel = nn.Parameter(torch.tensor(INITIAL_TEMPERATURE))
+        self._init_head()
+        self.stage = 1
+        self.set_class_name(class_name)
+
+    def _init_head(self) -> None:
+        """Re-initialise every linear layer of the trainable head as the reference does."""
+        for module in (self.prompt_flow, self.rca, self.image_branch):
+            for layer in module.modules():
+                if isinstance(layer, nn.Linear):
+                    nn.init.normal_(layer.weight, std=HEAD_INIT_STD)
+                    if layer.bias is not None:
+                        nn.init.zeros_(layer.bias)
+
+    # -- class name and stage: plain Python state, carried in the state dict as extra state ----------------------
+
+    def set_class_name(self, class_name: str) -> None:
+        """Set the class name written into the prompts at inference (exported with the model)."""
+        tokens = tokenize_class_names([class_name], self.backbone.context_length, self.prompt_bank.num_learned_tokens)
+        device = self.temperature_image.device
+        self.register_buffer("class_tokens", tokens.to(device), persistent=False)
+        self.class_name = class_name
+        self._class_eos = int(tokens.argmax(dim=-1).max())
+
+    def get_extra_state(self) -> dict[str, int | str]:
+        """Store the training stage and the class name with the weights."""
+        return {"stage": self.stage, "class_name": self.class_name}
+
+    def set_extra_state(self, state: dict[str, int | str]) -> None:
+        """Restore the stage and class name saved by :meth:`get_extra_state`."""
+        self.stage = int(state["stage"])
+        self.set_class_name(str(state["class_name"]))
+
+    # -- parameter groups (learning rates differ per group) ----------------------------------------------------
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by role: ``prompt``, ``temperature``, ``flow``, ``other`` (stage 1), ``image_branch``.
+
+        ``flow`` holds the flow parameters proper (amortised u/w/b layers, the image-agnostic u/w/b and state
+        vectors); the Gaussian encoders go to ``other``, as in the reference's grouping.
+        """
+        flow = self.prompt_flow
+        flow_parameters = [
+            *flow.image_specific.amortised_u.parameters(),
+            *flow.image_specific.amortised_w.parameters(),
+            *flow.image_specific.amortised_b.parameters(),
+            *flow.normal.parameters(),
+            *flow.abnormal.parameters(),
+        ]
+        encoders = [*flow.image_specific.encoder.parameters(), *flow.state_encoder.parameters()]
+        return {
+            "prompt": list(self.prompt_bank.parameters()),
+            "temperature": [self.temperature_image, self.temperature_pixel],
+            "flow": flow_parameters,
+            "other": encoders + list(self.rca.parameters()) + list(self.image_branch.class_mapping.parameters()),
+            "image_branch": list(self.image_branch.parameters()),
+        }
+
+    # -- forward ------------------------------------------------------------------------------------------------
+
+    def _prompt_tokens(self, class_names: Sequence[str] | None, batch: int) -> tuple[torch.Tensor, int]:
+        """Token ids ``(N, L)`` of each image's template and the longest end-of-text position."""
+        if class_names is None:
+            return self.class_tokens.expand(batch, -1), self._class_eos
+        if len(class_names) != batch:
+            msg = f"Got {len(class_names)} class names for {batch} images; give one name per image."
+            raise ValueError(msg)
+        tokens = tokenize_class_names(class_names, self.backbone.context_length, self.prompt_bank.num_learned_tokens)
+        return tokens.to(self.class_tokens.device), int(tokens.argmax(dim=-1).max())
+
+    def encode_prompts(
+        self,
+        global_feature: torch.Tensor,
+        tokens: torch.Tensor,
+        longest_eos: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample prompt biases and encode every prompt of every image.
+
+        Returns:
+            tuple[torch.Tensor, torch.Tensor]: Normalised text embeddings ``(N, 2, S, B, E)`` (axis 1: normal,
+            abnormal; ``S`` samples) and the three KL terms ``(3,)`` (mean over samples).
+        """
+        context, normal, abnormal = self.prompt_flow(global_feature)
+        learned = self.prompt_bank(context.z, normal.z, abnormal.z)  # (N, 2, S, B, P + Q, D)
+        sequences, eos = inject_prompts(self.backbone.token_embedding(tokens), tokens.argmax(dim=-1), learned, longest_eos)
+        text = self.backbone.encode_text_embeddings(sequences, eos)
+        text = nn.functional.normalize(text, dim=-1).view(*learned.shape[:4], -1)
+        return text, torch.stack([context.kl.mean(), normal.kl.mean(), abnormal.kl.mean()])
+
+    def pixel_logits(self, text: torch.Tensor, patches: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per layer, scaled cosine logits ``(N, P, T)`` between RCA-refined text ``(N, T, E)`` and patches."""
+        logits = []
+        for layer, tokens in enumerate(patches):
+            refined, features = self.rca(text, tokens, layer)
+            logits.append(self.temperature_pixel.exp() * features @ refined.transpose(1, 2))
+        return logits
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        class_names: Sequence[str] | None = None,
+    ) -> InferenceBatch | dict[str, torch.Tensor | list[torch.Tensor]]:
+        """Score images.
+
+        Args:
+            images (torch.Tensor): Normalised images ``(N, 3, S, S)``.
+            class_names (Sequence[str] | None): One class name per image (mixed-category training and
+                validation); ``None`` uses :attr:`class_name`.
+
+        Returns:
+            InferenceBatch | dict: In eval mode, ``InferenceBatch(pred_score (N,), anomaly_map (N, S, S))``.
+            In training mode, the loss inputs: ``image_logits (N, 2B)``, ``pixel_logits`` (per layer
+            ``(N, P, 2B)``; empty in stage 2), ``text_embeddings (N, 2, B, E)`` and ``kl (3,)``.
+        """
+        size = self.backbone.image_size
+        if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (size, size):
+            msg = f"Expected images of shape (N, 3, {size}, {size}), got {tuple(images.shape)}; resize them first."
+            raise ValueError(msg)
+        tokens, longest_eos = self._prompt_tokens(class_names, images.shape[0])
+        with torch.no_grad():
+            global_feature, patches = self.backbone(images)
+        image_branch_only = self.training and self.stage == 2
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not image_branch_only):
+            text, kl = self.encode_prompts(global_feature, tokens, longest_eos)
+        flat_text = text.flatten(1, 3)  # (N, 2 * S * B, E): all normal prompts, then all abnormal ones
+        image_logits = self.image_branch(flat_text, global_feature, patches, self.temperature_image.exp(), self.stage)
+        pixel_logits = [] if image_branch_only else self.pixel_logits(flat_text, patches)
+        if self.training:
+            return {"image_logits": image_logits, "pixel_logits": pixel_logits, "text_embeddings": text[:, :, 0], "kl": kl}
+        score, anomaly_map = self.anomaly_map(image_logits, pixel_logits, self.backbone.grid_size, (size, size))
+        return InferenceBatch(pred_score=score, anomaly_map=anomaly_map)
