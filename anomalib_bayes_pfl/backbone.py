@@ -40,8 +40,8 @@ ACTIVATIONS = ("auto", "gelu", "quick_gelu")
 PACKAGED_CONFIGS = "model_configs"
 """Folder of small open_clip architectures shipped with the package (demo and tests run on them)."""
 
-OPENAI_ARCHIVE_KEYS = ("input_resolution", "context_length", "vocab_size")
-"""Non-tensor entries of OpenAI's TorchScript state dict that open_clip's CLIP does not have."""
+NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
+"""Entries of TorchScript archives (OpenAI's, or a scripted open_clip model) that are not weights."""
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -98,7 +98,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if isinstance(state_dict, dict) and "state_dict" in state_dict:
             state_dict = state_dict["state_dict"]
     state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
-    for key in OPENAI_ARCHIVE_KEYS:
+    for key in NON_WEIGHT_KEYS:
         state_dict.pop(key, None)
     return state_dict
 

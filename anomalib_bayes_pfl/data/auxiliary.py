@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import operator
 import zlib
 from collections.abc import Sequence
@@ -55,6 +56,8 @@ from torchvision.transforms.v2 import Transform
 from .synthetic import DEFAULT_CATEGORIES
 
 __all__ = ["SUPPORTED_FORMATS", "AuxiliaryTrain", "category_from_path"]
+
+logger = logging.getLogger(__name__)
 
 #: Dataset layouts :class:`AuxiliaryTrain` can read.
 SUPPORTED_FORMATS: tuple[str, ...] = ("mvtec", "visa", "folder")
@@ -172,6 +175,9 @@ def _folder_test_dataset(folder: Path) -> FolderDataset:
         raise FileNotFoundError(msg)
     masks = [folder / "ground_truth" / path.name for path in defects]
     has_masks = bool(masks) and all(path.is_dir() for path in masks)
+    if not has_masks and any(path.is_dir() for path in masks):
+        missing = [str(path) for path in masks if not path.is_dir()]
+        logger.warning("Ignoring all masks of '%s': no mask folder %s. Images load without masks.", folder, missing)
     return FolderDataset(
         name=folder.name,
         # FolderDataset requires a train folder; with split="test" its images are dropped again.
@@ -235,7 +241,7 @@ def _category_rng(seed: int | None, category: str) -> np.random.Generator:
     """One generator per category, so adding a category does not change the others' held-out images."""
     if seed is None:
         return np.random.default_rng()
-    return np.random.default_rng([seed, zlib.crc32(category.encode("utf-8"))])
+    return np.random.default_rng([seed % 2**64, zlib.crc32(category.encode("utf-8"))])
 
 
 class AuxiliaryTrain(AnomalibDataModule):

@@ -155,7 +155,7 @@ def _stable_hash(text: str) -> int:
 
 def _image_rng(seed: int, category: str, split: str, defect: str, index: int) -> np.random.Generator:
     """Give every image its own generator, so images do not depend on how many others are drawn."""
-    key = [seed, _stable_hash(category), _stable_hash(split), _stable_hash(defect), index]
+    key = [seed % 2**64, _stable_hash(category), _stable_hash(split), _stable_hash(defect), index]
     return np.random.default_rng(np.random.SeedSequence(key))
 
 
