@@ -36,3 +36,16 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from anomalib_bayes_pfl import generate_synthetic_dataset
 
     return generate_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), image_size=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_weights(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A saved random tiny CLIP, so separately built models share one backbone (as real weights would)."""
+    import torch
+
+    from anomalib_bayes_pfl.backbone import ClipBackbone
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("clip") / "bayes-pfl-tiny.pt"
+    torch.save(ClipBackbone("bayes-pfl-tiny", None, 64, (1,)).clip.state_dict(), path)
+    return str(path)
