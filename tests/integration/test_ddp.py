@@ -47,16 +47,31 @@ SEED = 0
 SOURCE_CATEGORIES = ["disc", "square", "stripes", "checker"]
 TARGET_CATEGORIES = ["ring", "grain"]
 
-STAGE1_PREFIXES = ("prompt_bank.", "prompt_flow.", "rca.", "temperature_image", "temperature_pixel",
-                   "image_branch.class_mapping.")
+STAGE1_PREFIXES = (
+    "prompt_bank.",
+    "prompt_flow.",
+    "rca.",
+    "temperature_image",
+    "temperature_pixel",
+    "image_branch.class_mapping.",
+)
 """Head parts trained in stage 1 (first optimiser)."""
 
 STAGE2_PREFIXES = ("image_branch.image_mapping.", "image_branch.pooling.")
 """Head parts used and trained only in stage 2 (second optimiser)."""
 
 LAUNCH_VARIABLES = frozenset(
-    {"MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "GLOBAL_RANK", "RANK", "GROUP_RANK", "WORLD_SIZE",
-     "LOCAL_WORLD_SIZE"},
+    {
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "NODE_RANK",
+        "LOCAL_RANK",
+        "GLOBAL_RANK",
+        "RANK",
+        "GROUP_RANK",
+        "WORLD_SIZE",
+        "LOCAL_WORLD_SIZE",
+    },
 )
 """Variables a surrounding launcher may have set; the run must pick its own rendezvous."""
 
@@ -98,8 +113,9 @@ def _run(config_file: Path) -> str:
 
 
 @pytest.fixture(scope="module", params=["spawn", "popen"])
-def ddp_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path,
-            tiny_kwargs: dict) -> dict[str, Any]:
+def ddp_run(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path, tiny_kwargs: dict
+) -> dict[str, Any]:
     """One two-rank training per launcher; returns the launcher, output folder and both ranks' records."""
     start_method = request.param
     out_dir = tmp_path_factory.mktemp(f"ddp_{start_method}")
@@ -240,7 +256,9 @@ def test_model_and_datamodule_pickle(tiny_kwargs: dict, synthetic_root: Path) ->
     assert not _differing(model.state_dict(), clone.state_dict())
     assert (clone.model.stage, clone.model.class_name) == (2, "disc")
     assert torch.equal(clone.model.class_tokens, model.model.class_tokens)
-    images = torch.rand(2, 3, tiny_kwargs["image_size"], tiny_kwargs["image_size"], generator=torch.Generator().manual_seed(0))
+    images = torch.rand(
+        2, 3, tiny_kwargs["image_size"], tiny_kwargs["image_size"], generator=torch.Generator().manual_seed(0)
+    )
     with torch.no_grad():
         expected, actual = model.model.eval()(images), clone.model.eval()(images)
     assert torch.equal(expected.pred_score, actual.pred_score)
