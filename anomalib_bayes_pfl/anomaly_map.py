@@ -38,7 +38,9 @@ def pair_logit_difference(logits: torch.Tensor) -> torch.Tensor:
     return logits[..., half:] - logits[..., :half]
 
 
-def pixel_anomaly_probability(layer_logits: list[torch.Tensor], grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+def pixel_anomaly_probability(
+    layer_logits: list[torch.Tensor], grid: tuple[int, int], size: tuple[int, int]
+) -> torch.Tensor:
     """Mean anomalous probability over layers and pairs, at the input resolution.
 
     Args:
@@ -102,5 +104,7 @@ class AnomalyMapGenerator(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the image score ``(N,)`` and the smoothed anomaly map ``(N, H, W)``."""
         raw_map = pixel_anomaly_probability(layer_logits, grid, size)
-        score = self.alpha * image_anomaly_probability(image_logits) + (1 - self.alpha) * top_k_mean(raw_map, self.top_k)
+        score = self.alpha * image_anomaly_probability(image_logits) + (1 - self.alpha) * top_k_mean(
+            raw_map, self.top_k
+        )
         return score, self.blur(raw_map.unsqueeze(1)).squeeze(1)

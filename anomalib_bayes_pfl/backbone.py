@@ -180,7 +180,9 @@ class ClipBackbone(nn.Module):
         self._check_geometry(name, config, image_size, feature_layers)
         weights = resolve_weights(name, pretrained)
         quick_gelu = _wants_quick_gelu(activation, pretrained, weights)
-        self.clip = open_clip.create_model(name, pretrained=None, force_image_size=image_size, force_quick_gelu=quick_gelu)
+        self.clip = open_clip.create_model(
+            name, pretrained=None, force_image_size=image_size, force_quick_gelu=quick_gelu
+        )
         self._check_supported(name)
         if weights is not None:
             self._load(weights, name)
@@ -221,9 +223,9 @@ class ClipBackbone(nn.Module):
         try:
             self.clip.load_state_dict(state_dict, strict=True)
         except RuntimeError as error:
-            detail = str(error).splitlines()[1:4]
+            detail = "; ".join(line.strip() for line in str(error).splitlines()[1:4])
             msg = (
-                f"The weights in {weights} do not fit the {name!r} architecture ({'; '.join(d.strip() for d in detail)}). "
+                f"The weights in {weights} do not fit the {name!r} architecture ({detail}). "
                 f"Use the file that matches {name!r}, or pick the backbone name that matches the file."
             )
             raise WeightsUnavailableError(msg) from None
@@ -318,4 +320,3 @@ class ClipBackbone(nn.Module):
         x = self.clip.ln_final(x)
         eos = x[torch.arange(x.shape[0], device=x.device), eos_index]
         return eos @ self.clip.text_projection
-

@@ -46,10 +46,10 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch.optim.lr_scheduler import LambdaLR
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
+from .checkpoints import head_state_dict, load_prompt_weights
 from .data import category_from_path
 from .loss import BayesPFLLoss
 from .torch_model import DEFAULT_CLASS_NAME, BayesPFLModel
-from .checkpoints import head_state_dict, load_prompt_weights
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ class BayesPFL(AnomalibModule):
         return PreProcessor(transform=transform)
 
     def configure_post_processor(self) -> PostProcessor:
-        """anomalib's post-processor in both modes (the base class refuses one for zero-shot models)."""
+        """Anomalib's post-processor in both modes (the base class refuses one for zero-shot models)."""
         return PostProcessor()
 
     def configure_evaluator(self) -> Evaluator:
@@ -236,21 +236,13 @@ class BayesPFL(AnomalibModule):
         return callbacks
 
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]] | None:
-        """Stage 1: Adam over the reference's parameter groups with warm-up + cosine; stage 2: Adam on the image branch."""
+        """Stage 1: the reference's Adam groups with warm-up + cosine; stage 2: Adam on the image branch."""
         if self.zero_shot:
             return None
-        groups = self.model.parameter_groups()
         hparams = self.hparams
-        stage1 = torch.optim.Adam(
-            [
-                {"params": groups["prompt"], "lr": hparams.lr_prompt},
-                {"params": groups["temperature"], "lr": hparams.lr_temperature},
-                {"params": groups["flow"], "lr": hparams.lr_flow},
-                {"params": groups["other"], "lr": hparams.lr},
-            ],
-            betas=tuple(hparams.betas),
+        stage1, stage2 = build_optimizers(
+            self.model, hparams.lr, hparams.lr_prompt, hparams.lr_flow, hparams.lr_temperature, tuple(hparams.betas)
         )
-        stage2 = torch.optim.Adam(groups["image_branch"], lr=hparams.lr, betas=tuple(hparams.betas))
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         schedule = LambdaLR(stage1, warmup_cosine(total, hparams.warmup_ratio))
         return [stage1, stage2], [{"scheduler": schedule, "interval": "step"}]
@@ -317,7 +309,9 @@ class BayesPFL(AnomalibModule):
         value = self.trainer.callback_metrics.get(STAGE_METRIC)
         decision = self.stage_tracker.update(self.current_epoch, None if value is None else float(value), self.model)
         if decision:
-            logger.info("Bayes-PFL: stage 1 ends after epoch %d; training the image branch (stage 2).", self.current_epoch)
+            logger.info(
+                "Bayes-PFL: stage 1 ends after epoch %d; training the image branch (stage 2).", self.current_epoch
+            )
             self.model.stage = 2
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -330,6 +324,28 @@ class BayesPFL(AnomalibModule):
         super().on_load_checkpoint(checkpoint)
         if "bayes_pfl_stage_tracker" in checkpoint:
             self.stage_tracker.load_state_dict(checkpoint["bayes_pfl_stage_tracker"])
+
+
+def build_optimizers(
+    model: BayesPFLModel,
+    lr: float,
+    lr_prompt: float,
+    lr_flow: float,
+    lr_temperature: float,
+    betas: tuple[float, float],
+) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    """The reference's two Adam optimisers: stage 1 over four learning-rate groups, stage 2 on the image branch."""
+    groups = model.parameter_groups()
+    stage1 = torch.optim.Adam(
+        [
+            {"params": groups["prompt"], "lr": lr_prompt},
+            {"params": groups["temperature"], "lr": lr_temperature},
+            {"params": groups["flow"], "lr": lr_flow},
+            {"params": groups["other"], "lr": lr},
+        ],
+        betas=betas,
+    )
+    return stage1, torch.optim.Adam(groups["image_branch"], lr=lr, betas=betas)
 
 
 def _check_training_arguments(warmup_ratio: float, stage_patience: int, stage1_max_epochs: int | None) -> None:
@@ -397,4 +413,3 @@ class StageTracker:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         self.best, self.stale, self.best_head = state["best"], state["stale"], state["best_head"]
-

@@ -98,7 +98,9 @@ class BayesPFLLoss(nn.Module):
         super().__init__()
         self.focal_gamma, self.kl_weight, self.orthogonal_weight = focal_gamma, kl_weight, orthogonal_weight
 
-    def segmentation(self, pixel_logits: list[torch.Tensor], grid: tuple[int, int], masks: torch.Tensor, pair: int) -> torch.Tensor:
+    def segmentation(
+        self, pixel_logits: list[torch.Tensor], grid: tuple[int, int], masks: torch.Tensor, pair: int
+    ) -> torch.Tensor:
         """Focal + dice of one pair, summed over layers, at the mask resolution.
 
         Args:

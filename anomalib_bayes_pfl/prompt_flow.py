@@ -101,7 +101,11 @@ def flow_kl(
     Returns:
         torch.Tensor: KL estimates ``(...)``.
     """
-    return gaussian_log_density(z0, mean, var) - logdet - gaussian_log_density(zk, torch.zeros_like(zk), torch.ones_like(zk))
+    return (
+        gaussian_log_density(z0, mean, var)
+        - logdet
+        - gaussian_log_density(zk, torch.zeros_like(zk), torch.ones_like(zk))
+    )
 
 
 class FlowSample(NamedTuple):
@@ -280,7 +284,9 @@ class PromptFlow(nn.Module):
         if self.training:
             shape = (features.shape[0], 1, self.latent_dim)
             context_noise = torch.randn(shape, generator=generator, device=features.device)
-            normal_noise, abnormal_noise = torch.randn(2, 1, self.latent_dim, generator=generator, device=features.device)
+            normal_noise, abnormal_noise = torch.randn(
+                2, 1, self.latent_dim, generator=generator, device=features.device
+            )
         else:
             context_noise, normal_noise, abnormal_noise = self.eval_noise
         return self.image_specific(features, context_noise), self.normal(normal_noise), self.abnormal(abnormal_noise)

@@ -49,7 +49,9 @@ class ResidualCrossModalAttention(nn.Module):
         # the reference scales by the full width, not the head width
         self.scale = embed_dim**-0.5
         self.query = nn.Linear(embed_dim, embed_dim)
-        self.patch_projections = nn.ModuleList(nn.Linear(vision_width, embed_dim, bias=False) for _ in range(num_layers))
+        self.patch_projections = nn.ModuleList(
+            nn.Linear(vision_width, embed_dim, bias=False) for _ in range(num_layers)
+        )
 
     def project_patches(self, patches: torch.Tensor, layer: int) -> torch.Tensor:
         """Project raw patch tokens ``(N, P, W)`` of ``layer`` into the joint space and normalise them."""

@@ -190,7 +190,9 @@ class BayesPFLModel(nn.Module):
         """
         context, normal, abnormal = self.prompt_flow(global_feature)
         learned = self.prompt_bank(context.z, normal.z, abnormal.z)  # (N, 2, S, B, P + Q, D)
-        sequences, eos = inject_prompts(self.backbone.token_embedding(tokens), tokens.argmax(dim=-1), learned, longest_eos)
+        sequences, eos = inject_prompts(
+            self.backbone.token_embedding(tokens), tokens.argmax(dim=-1), learned, longest_eos
+        )
         text = self.backbone.encode_text_embeddings(sequences, eos)
         text = nn.functional.normalize(text, dim=-1).view(*learned.shape[:4], -1)
         return text, torch.stack([context.kl.mean(), normal.kl.mean(), abnormal.kl.mean()])
@@ -234,6 +236,11 @@ class BayesPFLModel(nn.Module):
         image_logits = self.image_branch(flat_text, global_feature, patches, self.temperature_image.exp(), self.stage)
         pixel_logits = [] if image_branch_only else self.pixel_logits(flat_text, patches)
         if self.training:
-            return {"image_logits": image_logits, "pixel_logits": pixel_logits, "text_embeddings": text[:, :, 0], "kl": kl}
+            return {
+                "image_logits": image_logits,
+                "pixel_logits": pixel_logits,
+                "text_embeddings": text[:, :, 0],
+                "kl": kl,
+            }
         score, anomaly_map = self.anomaly_map(image_logits, pixel_logits, self.backbone.grid_size, (size, size))
         return InferenceBatch(pred_score=score, anomaly_map=anomaly_map)

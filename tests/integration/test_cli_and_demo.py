@@ -25,7 +25,9 @@ def test_demo_runs_offline(tmp_path: Path) -> None:
     assert list((tmp_path / "results").rglob("images/*/*.png"))
 
 
-@pytest.mark.parametrize("name", ["bayes_pfl.yaml", "train_visa_test_mvtec.yaml", "train_mvtec_test_visa.yaml", "demo.yaml"])
+@pytest.mark.parametrize(
+    "name", ["bayes_pfl.yaml", "train_visa_test_mvtec.yaml", "train_mvtec_test_visa.yaml", "demo.yaml"]
+)
 def test_configs_name_our_classes(name: str) -> None:
     """Every config uses the full class path, which the stock anomalib CLI accepts."""
     config = yaml.safe_load((CONFIGS / name).read_text())
@@ -35,13 +37,26 @@ def test_configs_name_our_classes(name: str) -> None:
 def test_anomalib_cli_trains_the_demo_config(tmp_path: Path, synthetic_root: Path) -> None:
     """`anomalib train -c configs/demo.yaml` trains and tests through the stock CLI."""
     command = [
-        sys.executable, "-c", "from anomalib.cli.cli import main; main()",
-        "train", "-c", str(CONFIGS / "demo.yaml"),
-        "--data.init_args.source_root", str(synthetic_root), "--data.init_args.target_root", str(synthetic_root),
-        "--trainer.max_epochs", "1", "--model.init_args.stage1_max_epochs", "1",
-        "--default_root_dir", str(tmp_path),
+        sys.executable,
+        "-c",
+        "from anomalib.cli.cli import main; main()",
+        "train",
+        "-c",
+        str(CONFIGS / "demo.yaml"),
+        "--data.init_args.source_root",
+        str(synthetic_root),
+        "--data.init_args.target_root",
+        str(synthetic_root),
+        "--trainer.max_epochs",
+        "1",
+        "--model.init_args.stage1_max_epochs",
+        "1",
+        "--default_root_dir",
+        str(tmp_path),
     ]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, env=os.environ | {"PYTHONWARNINGS": "ignore"})
+    completed = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env=os.environ | {"PYTHONWARNINGS": "ignore"}
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "image_AUROC" in completed.stdout + completed.stderr
     assert list(tmp_path.rglob("*.ckpt"))

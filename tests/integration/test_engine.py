@@ -19,14 +19,28 @@ SOURCE, TARGET = ["disc", "square", "stripes", "checker"], ["ring", "grain"]
 
 
 def _datamodule(root: Path) -> AuxiliaryTrain:
-    return AuxiliaryTrain(root, SOURCE, target_root=root, target_categories=TARGET, train_batch_size=8,
-                          eval_batch_size=16, num_workers=0, val_ratio=0.25)
+    return AuxiliaryTrain(
+        root,
+        SOURCE,
+        target_root=root,
+        target_categories=TARGET,
+        train_batch_size=8,
+        eval_batch_size=16,
+        num_workers=0,
+        val_ratio=0.25,
+    )
 
 
 def _engine(root_dir: Path, epochs: int = 3) -> Engine:
     warnings.filterwarnings("ignore")
-    return Engine(max_epochs=epochs, default_root_dir=root_dir, accelerator="cpu", devices=1,
-                  enable_progress_bar=False, logger=False)
+    return Engine(
+        max_epochs=epochs,
+        default_root_dir=root_dir,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        logger=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +86,9 @@ def test_checkpoint_reload_gives_same_scores(trained: dict) -> None:
     assert torch.equal(_scores(reloaded, images), _scores(trained["model"], images))
 
 
-def test_zero_shot_mode_from_saved_weights(trained: dict, synthetic_root: Path, shared_kwargs: dict, tmp_path: Path) -> None:
+def test_zero_shot_mode_from_saved_weights(
+    trained: dict, synthetic_root: Path, shared_kwargs: dict, tmp_path: Path
+) -> None:
     """Saved prompt weights drive a ZERO_SHOT model tested with the stock MVTecAD datamodule."""
     weights = save_prompt_weights(trained["model"].model, tmp_path / "head.pt")
     model = BayesPFL(**shared_kwargs, prompt_weights=str(weights))

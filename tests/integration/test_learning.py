@@ -15,6 +15,7 @@ from torchmetrics.classification import BinaryAUROC
 
 from anomalib_bayes_pfl import AuxiliaryTrain, BayesPFL, generate_synthetic_dataset
 from anomalib_bayes_pfl.data import category_from_path
+from anomalib_bayes_pfl.lightning_model import build_optimizers
 
 pytestmark = pytest.mark.integration
 
@@ -53,20 +54,14 @@ def test_training_lowers_loss_and_separates_held_out_images(tmp_path: Path, tiny
     torch.manual_seed(0)
     categories = ["disc", "square", "stripes", "checker"]
     root = generate_synthetic_dataset(tmp_path, categories, num_train=1, num_test_normal=16, num_test_anomalous=24)
-    datamodule = AuxiliaryTrain(root, categories, train_batch_size=8,
-                                eval_batch_size=32, num_workers=0, val_ratio=0.25, seed=0)
+    datamodule = AuxiliaryTrain(
+        root, categories, train_batch_size=8, eval_batch_size=32, num_workers=0, val_ratio=0.25, seed=0
+    )
     datamodule.setup()
     model = BayesPFL(**(tiny_kwargs | {"score_alpha": 0.0}), lr=3e-3)
-    groups = model.model.parameter_groups()
     hparams = model.hparams
-    optimizer = torch.optim.Adam(
-        [
-            {"params": groups["prompt"], "lr": hparams.lr_prompt},
-            {"params": groups["temperature"], "lr": hparams.lr_temperature},
-            {"params": groups["flow"], "lr": hparams.lr_flow},
-            {"params": groups["other"], "lr": hparams.lr},
-        ],
-        betas=hparams.betas,
+    optimizer, _ = build_optimizers(
+        model.model, hparams.lr, hparams.lr_prompt, hparams.lr_flow, hparams.lr_temperature, hparams.betas
     )
     train, held_out = _batches(datamodule, "train"), _batches(datamodule, "val")
     before = _held_out_auroc(model, held_out)

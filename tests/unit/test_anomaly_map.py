@@ -18,7 +18,9 @@ def _reference_map(layer_logits: list[torch.Tensor], grid: tuple[int, int], size
     """The reference order: upsample all logits, softmax each pair, average all maps."""
     maps = []
     for logits in layer_logits:
-        upsampled = F.interpolate(logits.transpose(1, 2).unflatten(2, grid), size=size, mode="bilinear", align_corners=True)
+        upsampled = F.interpolate(
+            logits.transpose(1, 2).unflatten(2, grid), size=size, mode="bilinear", align_corners=True
+        )
         half = upsampled.shape[1] // 2
         for pair in range(half):
             maps.append(torch.softmax(upsampled[:, [pair, half + pair]], dim=1)[:, 1])

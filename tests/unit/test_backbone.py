@@ -26,12 +26,17 @@ class TestForward:
         """Tapped tokens equal the outputs of the chosen residual blocks, class token dropped."""
         images = torch.randn(2, 3, 64, 64)
         outputs = []
-        hooks = [block.register_forward_hook(lambda m, i, o: outputs.append(o)) for block in backbone.clip.visual.transformer.resblocks]
+        hooks = [
+            block.register_forward_hook(lambda m, i, o: outputs.append(o))
+            for block in backbone.clip.visual.transformer.resblocks
+        ]
         global_feature, taps = backbone(images)
         for hook in hooks:
             hook.remove()
+
         def to_nld(x: torch.Tensor) -> torch.Tensor:
             return x if getattr(backbone.clip.visual.transformer, "batch_first", False) else x.transpose(0, 1)
+
         assert torch.equal(taps[0], to_nld(outputs[1])[:, 1:])
         assert torch.equal(taps[1], to_nld(outputs[3])[:, 1:])
         assert taps[0].shape == (2, backbone.grid_size[0] * backbone.grid_size[1], backbone.vision_width)
@@ -129,6 +134,7 @@ class TestWeights:
     @staticmethod
     def test_offline_tag(monkeypatch: pytest.MonkeyPatch) -> None:
         """A tag that cannot be downloaded ends in an actionable message, not a network traceback."""
+
         def offline(*args: object, **kwargs: object) -> str:
             raise OSError("<urlopen error [Errno -2] Name or service not known>")
 

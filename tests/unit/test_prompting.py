@@ -15,7 +15,12 @@ class TestClassNames:
     @staticmethod
     @pytest.mark.parametrize(
         ("name", "expected"),
-        [("pcb4", "printed circuit board"), ("pipe_fryum", "pipe fryum"), ("macaroni2", "macaroni"), ("Bottle", "bottle")],
+        [
+            ("pcb4", "printed circuit board"),
+            ("pipe_fryum", "pipe fryum"),
+            ("macaroni2", "macaroni"),
+            ("Bottle", "bottle"),
+        ],
     )
     def test_mapping(name: str, expected: str) -> None:
         """The reference's renames and lower-casing."""
