@@ -220,9 +220,13 @@ class BayesPFL(AnomalibModule):
         return ImageVisualizer(fields=["image", "gt_mask", "anomaly_map"], overlay_fields=[("image", ["anomaly_map"])])
 
     def configure_callbacks(self) -> Sequence[Callback]:
-        """In training, keep the best checkpoint by source validation, plus the last one for resuming."""
+        """In training, keep the best checkpoint by source validation, plus the last one for resuming.
+
+        Added only when the trainer checkpoints at all (``enable_checkpointing=False`` is honoured).
+        """
         callbacks = list(super().configure_callbacks())
-        if not self.zero_shot and self._trainer is not None:
+        checkpointing = self._trainer is not None and self.trainer.checkpoint_callback is not None
+        if not self.zero_shot and checkpointing:
             callbacks.append(
                 ModelCheckpoint(
                     dirpath=Path(self.trainer.default_root_dir) / "weights" / "lightning",
