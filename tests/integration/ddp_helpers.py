@@ -159,7 +159,7 @@ def build(config: dict[str, Any]) -> tuple[BayesPFL, AuxiliaryTrain, Trainer]:
         limit_val_batches=1,
         num_sanity_val_steps=0,
         logger=False,
-        enable_checkpointing=False,  # BayesPFL.configure_callbacks still adds its own ModelCheckpoint
+        enable_checkpointing=True,  # BayesPFL.configure_callbacks replaces the default with its ModelCheckpoint
         enable_progress_bar=False,
         enable_model_summary=False,
         deterministic=True,
