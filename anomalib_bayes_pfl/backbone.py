@@ -79,15 +79,9 @@ def _is_torchscript_archive(path: Path) -> bool:
         return any("/code/" in name for name in archive.namelist())
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read CLIP weights from an open_clip checkpoint or an OpenAI TorchScript archive, safely."""
-    if not path.is_file():
-        msg = (
-            f"CLIP weights file not found: {path}. Pass the path of an existing open_clip checkpoint or of "
-            "OpenAI's TorchScript archive (e.g. ViT-L-14-336px.pt)."
-        )
-        raise WeightsUnavailableError(msg)
-    if _is_torchscript_archive(path):
+def _read_state_dict(path: Path, torchscript: bool) -> dict[str, torch.Tensor]:
+    """Read CLIP weights from an open_clip checkpoint or (``torchscript``) an OpenAI TorchScript archive, safely."""
+    if torchscript:
         state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
     else:
         try:
@@ -136,14 +130,19 @@ def resolve_weights(name: str, pretrained: str | None) -> Path | None:
     raise ValueError(msg)
 
 
-def _wants_quick_gelu(activation: str, pretrained: str | None, weights: Path | None) -> bool:
+def _wants_quick_gelu(activation: str, openai_weights: bool) -> bool:
     """Decide the MLP activation: QuickGELU for OpenAI weights under ``auto``, else as asked."""
     if activation not in ACTIVATIONS:
         msg = f"Unknown activation {activation!r}; use one of {ACTIVATIONS}."
         raise ValueError(msg)
     if activation != "auto":
         return activation == "quick_gelu"
-    return pretrained == "openai" or (weights is not None and _is_torchscript_archive(weights))
+    return openai_weights
+
+
+def _batch_first(transformer: nn.Module) -> bool:
+    """open_clip < 2.26 runs its transformers sequence-first; later versions batch-first."""
+    return bool(getattr(transformer, "batch_first", False))
 
 
 class ClipBackbone(nn.Module):
@@ -179,13 +178,14 @@ class ClipBackbone(nn.Module):
         config = _model_config(name)
         self._check_geometry(name, config, image_size, feature_layers)
         weights = resolve_weights(name, pretrained)
-        quick_gelu = _wants_quick_gelu(activation, pretrained, weights)
+        torchscript = weights is not None and _is_torchscript_archive(weights)
+        quick_gelu = _wants_quick_gelu(activation, openai_weights=pretrained == "openai" or torchscript)
         self.clip = open_clip.create_model(
             name, pretrained=None, force_image_size=image_size, force_quick_gelu=quick_gelu
         )
         self._check_supported(name)
         if weights is not None:
-            self._load(weights, name)
+            self._load(weights, name, torchscript)
         self.clip.requires_grad_(False)
         self.clip.eval()
         self.image_size = image_size
@@ -216,9 +216,9 @@ class ClipBackbone(nn.Module):
             msg = f"Backbone {name!r} has a custom text tower; Bayes-PFL needs open_clip's built-in CLIP text model."
             raise ValueError(msg)
 
-    def _load(self, weights: Path, name: str) -> None:
+    def _load(self, weights: Path, name: str, torchscript: bool) -> None:
         """Load weights, resizing the positional embedding to this grid; report an architecture mismatch clearly."""
-        state_dict = _read_state_dict(weights)
+        state_dict = _read_state_dict(weights, torchscript)
         resize_pos_embed(state_dict, self.clip)
         try:
             self.clip.load_state_dict(state_dict, strict=True)
@@ -261,10 +261,6 @@ class ClipBackbone(nn.Module):
         """Patch grid of the vision transformer at ``image_size``."""
         return tuple(self.clip.visual.grid_size)
 
-    def _blocks_batch_first(self, transformer: nn.Module) -> bool:
-        """open_clip < 2.26 runs its transformers sequence-first; later versions batch-first."""
-        return bool(getattr(transformer, "batch_first", False))
-
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Encode images.
 
@@ -282,7 +278,7 @@ class ClipBackbone(nn.Module):
         class_token = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([class_token, x], dim=1) + visual.positional_embedding.to(x.dtype)
         x = visual.ln_pre(visual.patch_dropout(x))
-        batch_first = self._blocks_batch_first(visual.transformer)
+        batch_first = _batch_first(visual.transformer)
         x = x if batch_first else x.transpose(0, 1)  # NLD -> LND
         taps = []
         for index, block in enumerate(visual.transformer.resblocks, start=1):
@@ -313,7 +309,7 @@ class ClipBackbone(nn.Module):
         length = embeddings.shape[1]
         x = embeddings + self.clip.positional_embedding[:length].to(embeddings.dtype)
         attn_mask = self.clip.attn_mask[:length, :length]
-        batch_first = self._blocks_batch_first(self.clip.transformer)
+        batch_first = _batch_first(self.clip.transformer)
         x = x if batch_first else x.transpose(0, 1)
         x = self.clip.transformer(x, attn_mask=attn_mask)
         x = x if batch_first else x.transpose(0, 1)

@@ -34,44 +34,52 @@ SOURCE_CATEGORIES = ("disc", "square", "stripes", "checker")
 TARGET_CATEGORIES = ("ring", "grain")
 TINY_BACKBONE = "bayes-pfl-tiny"
 IMAGE_SIZE = 64
+TINY_MODEL_ARGS = {
+    "backbone": TINY_BACKBONE,
+    "pretrained": None,
+    "image_size": IMAGE_SIZE,
+    "feature_layers": (1, 2, 3, 4),
+    "num_samples": 3,
+    "gaussian_sigma": 1.0,
+    "top_k": 20,
+}
+"""A tiny Bayes-PFL: 4-block ViT, 8 x 8 patch grid, 3 samples; ``pretrained=None`` means random weights."""
 
 
-def _tiny_clip_weights(path: Path, seed: int) -> Path:
-    """Save seeded random weights of the tiny CLIP, so later zero-shot runs can load the same backbone."""
+def save_random_tiny_clip(path: Path, seed: int = 0) -> Path:
+    """Save seeded random weights of the tiny CLIP, so separately built models share one backbone."""
     if not path.is_file():
         torch.manual_seed(seed)
         torch.save(ClipBackbone(TINY_BACKBONE, None, IMAGE_SIZE, (1,)).clip.state_dict(), path)
     return path
 
 
+def demo_datamodule(data_root: Path, seed: int = 0, **overrides: object) -> AuxiliaryTrain:
+    """Train on the source categories of the generated data, test on the target ones."""
+    arguments = {
+        "target_root": data_root,
+        "target_categories": TARGET_CATEGORIES,
+        "train_batch_size": 8,
+        "eval_batch_size": 16,
+        "num_workers": 0,
+        "val_ratio": 0.25,
+        "seed": seed,
+    }
+    return AuxiliaryTrain(data_root, SOURCE_CATEGORIES, **(arguments | overrides))
+
+
 def run(output: Path, epochs: int = 12, seed: int = 0) -> dict[str, float]:
     """Generate data, train, test; return the test metrics. Files go under ``output``."""
     output.mkdir(parents=True, exist_ok=True)
     data_root = generate_synthetic_dataset(output / "data", image_size=IMAGE_SIZE, seed=seed)
-    clip_weights = _tiny_clip_weights(output / "clip-tiny-random.pt", seed)
+    clip_weights = save_random_tiny_clip(output / "clip-tiny-random.pt", seed)
     seed_everything(seed)
-    datamodule = AuxiliaryTrain(
-        data_root,
-        SOURCE_CATEGORIES,
-        target_root=data_root,
-        target_categories=TARGET_CATEGORIES,
-        train_batch_size=8,
-        eval_batch_size=16,
-        num_workers=0,
-        val_ratio=0.25,
-        seed=seed,
-    )
     model = BayesPFL(
-        backbone=TINY_BACKBONE,
-        pretrained=str(clip_weights),
-        image_size=IMAGE_SIZE,
-        feature_layers=(1, 2, 3, 4),
-        num_samples=3,
-        gaussian_sigma=1.0,
-        top_k=20,
+        **(TINY_MODEL_ARGS | {"pretrained": str(clip_weights)}),
         lr=1e-3,
         stage1_max_epochs=max(epochs - 2, 1),
     )
+    datamodule = demo_datamodule(data_root, seed)
     engine = Engine(max_epochs=epochs, default_root_dir=output / "results", accelerator="cpu", devices=1, logger=False)
     engine.fit(model, datamodule=datamodule)
     results = engine.test(model, datamodule=datamodule)[0]

@@ -164,7 +164,6 @@ class BayesPFL(AnomalibModule):
         )
         if prompt_weights is not None:
             load_prompt_weights(self.model, prompt_weights)
-        self.class_name = class_name
         self.loss = BayesPFLLoss(focal_gamma, kl_weight, orthogonal_weight)
         self.automatic_optimization = False  # two stages, two optimisers
         self.stage_tracker = StageTracker(stage_patience, stage1_max_epochs)
@@ -256,13 +255,15 @@ class BayesPFL(AnomalibModule):
     def setup(self, stage: str) -> None:
         """Write the test category into the prompts (zero-shot), unless a class name was given."""
         del stage
-        category = getattr(getattr(self._trainer, "datamodule", None), "category", None) if self._trainer else None
-        if self.class_name is None and isinstance(category, str) and self.zero_shot:
+        if not self.zero_shot or self.hparams.class_name is not None or self._trainer is None:
+            return
+        category = getattr(self.trainer.datamodule, "category", None)
+        if isinstance(category, str):
             self.model.set_class_name(category)
 
     def _class_names(self, batch: Batch) -> list[str] | None:
         """Per-image class names from the category folders (mixed-category data); ``None`` keeps the model's."""
-        if self.class_name is not None or batch.image_path is None:
+        if self.hparams.class_name is not None or batch.image_path is None:
             return None
         return [category_from_path(path) or self.model.class_name for path in batch.image_path]
 
@@ -289,14 +290,14 @@ class BayesPFL(AnomalibModule):
         return terms["loss"].detach()
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> Batch:
-        """Score the batch; the evaluator and post-processor collect what they need."""
+        """Score the batch with per-image class names where the data layout gives them.
+
+        The evaluator and post-processor collect what they need from the returned batch.
+        """
         del args, kwargs
         return batch.update(**self.model(batch.image, self._class_names(batch))._asdict())
 
-    def test_step(self, batch: Batch, *args, **kwargs) -> Batch:
-        """Score the batch with per-image class names where the data layout gives them."""
-        del args, kwargs
-        return batch.update(**self.model(batch.image, self._class_names(batch))._asdict())
+    test_step = validation_step
 
     def on_validation_epoch_end(self) -> None:
         """Log the checkpoint-selection metric from the evaluator's source-validation APs."""

@@ -121,21 +121,26 @@ class PromptBank(nn.Module):
         return torch.cat([context, states], dim=-2)
 
 
-def tokenize_class_names(names: Sequence[str], context_length: int, num_learned_tokens: int) -> torch.Tensor:
+def tokenize_class_names(
+    names: Sequence[str],
+    context_length: int,
+    num_learned_tokens: int,
+) -> tuple[torch.Tensor, int]:
     """Tokenise ``"X <name>"`` for each name, checking that the prompt still fits the context.
 
     Returns:
-        torch.Tensor: Token ids ``(len(names), context_length)``.
+        tuple[torch.Tensor, int]: Token ids ``(len(names), context_length)`` and the longest end-of-text
+        position as a Python number (what :func:`inject_prompts` cuts at).
     """
     tokens = tokenize([TEMPLATE.format(clean_class_name(name)) for name in names], context_length=context_length)
-    longest = int(tokens.argmax(dim=-1).max()) + num_learned_tokens
-    if longest > context_length:
+    longest_eos = int(tokens.argmax(dim=-1).max())
+    if longest_eos + num_learned_tokens > context_length:
         msg = (
             f"A class name is too long for the {context_length}-token text context with {num_learned_tokens} "
             f"learned prompt tokens: {list(names)}. Use a shorter class name."
         )
         raise ValueError(msg)
-    return tokens
+    return tokens, longest_eos
 
 
 def inject_prompts(

@@ -124,11 +124,9 @@ class BayesPFLModel(nn.Module):
 
     def set_class_name(self, class_name: str) -> None:
         """Set the class name written into the prompts at inference (exported with the model)."""
-        tokens = tokenize_class_names([class_name], self.backbone.context_length, self.prompt_bank.num_learned_tokens)
-        device = self.temperature_image.device
-        self.register_buffer("class_tokens", tokens.to(device), persistent=False)
+        tokens, self._class_eos = self._tokenize([class_name])
+        self.register_buffer("class_tokens", tokens.to(self.temperature_image.device), persistent=False)
         self.class_name = class_name
-        self._class_eos = int(tokens.argmax(dim=-1).max())
 
     def get_extra_state(self) -> dict[str, int | str]:
         """Store the training stage and the class name with the weights."""
@@ -166,6 +164,10 @@ class BayesPFLModel(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------------------------
 
+    def _tokenize(self, names: Sequence[str]) -> tuple[torch.Tensor, int]:
+        """Template token ids of ``names`` for this text tower and bank, with the longest end-of-text position."""
+        return tokenize_class_names(names, self.backbone.context_length, self.prompt_bank.num_learned_tokens)
+
     def _prompt_tokens(self, class_names: Sequence[str] | None, batch: int) -> tuple[torch.Tensor, int]:
         """Token ids ``(N, L)`` of each image's template and the longest end-of-text position."""
         if class_names is None:
@@ -173,8 +175,8 @@ class BayesPFLModel(nn.Module):
         if len(class_names) != batch:
             msg = f"Got {len(class_names)} class names for {batch} images; give one name per image."
             raise ValueError(msg)
-        tokens = tokenize_class_names(class_names, self.backbone.context_length, self.prompt_bank.num_learned_tokens)
-        return tokens.to(self.class_tokens.device), int(tokens.argmax(dim=-1).max())
+        tokens, longest_eos = self._tokenize(class_names)
+        return tokens.to(self.class_tokens.device), longest_eos
 
     def encode_prompts(
         self,

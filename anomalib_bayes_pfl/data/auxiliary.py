@@ -282,9 +282,6 @@ class AuxiliaryTrain(AnomalibDataModule):
         'bottle'
     """
 
-    #: :func:`category_from_path`, reachable from the datamodule a model is given.
-    category_of = staticmethod(category_from_path)
-
     def __init__(
         self,
         source_root: str | Path,

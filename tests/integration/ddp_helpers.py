@@ -38,6 +38,7 @@ from lightning.pytorch.strategies import DDPStrategy  # noqa: E402
 
 from anomalib_bayes_pfl import AuxiliaryTrain, BayesPFL  # noqa: E402
 from anomalib_bayes_pfl.checkpoints import head_state_dict  # noqa: E402
+from anomalib_bayes_pfl.demo import demo_datamodule  # noqa: E402
 
 WORLD_SIZE = 2
 """Two CPU processes on one node."""
@@ -131,16 +132,8 @@ def build(config: dict[str, Any]) -> tuple[BayesPFL, AuxiliaryTrain, Trainer]:
     out_dir = Path(config["out_dir"])
     seed_everything(config["seed"], workers=True)
     model = BayesPFL(**config["model"], stage1_max_epochs=1)
-    datamodule = AuxiliaryTrain(
-        source_root=config["root"],
-        source_categories=config["source_categories"],
-        target_root=config["root"],
-        target_categories=config["target_categories"],
-        train_batch_size=2,
-        eval_batch_size=2,
-        num_workers=0,
-        val_ratio=0.2,
-        seed=config["seed"],
+    datamodule = demo_datamodule(
+        Path(config["root"]), config["seed"], train_batch_size=2, eval_batch_size=2, val_ratio=0.2
     )
     strategy = DDPStrategy(
         cluster_environment=LightningEnvironment(),  # no SLURM/LSF/torchelastic detection from the host's env

@@ -35,7 +35,8 @@ import pytest
 import torch
 
 import anomalib_bayes_pfl
-from anomalib_bayes_pfl import AuxiliaryTrain, BayesPFL
+from anomalib_bayes_pfl import BayesPFL
+from anomalib_bayes_pfl.demo import demo_datamodule
 
 HELPERS = Path(__file__).with_name("ddp_helpers.py")
 """The training script; each rank writes ``rank{N}.pt`` (and the spawn launcher ``main.pt``) to its output folder."""
@@ -44,8 +45,6 @@ RUN_TIMEOUT_S = 300
 """Generous limit for one two-rank run (about 20 s on two cores); the script's own collective timeout is 120 s."""
 
 SEED = 0
-SOURCE_CATEGORIES = ["disc", "square", "stripes", "checker"]
-TARGET_CATEGORIES = ["ring", "grain"]
 
 STAGE1_PREFIXES = (
     "prompt_bank.",
@@ -124,8 +123,6 @@ def ddp_run(
         "seed": SEED,
         "start_method": start_method,
         "root": str(synthetic_root),
-        "source_categories": SOURCE_CATEGORIES,
-        "target_categories": TARGET_CATEGORIES,
         "model": {key: list(value) if isinstance(value, tuple) else value for key, value in tiny_kwargs.items()},
     }
     config_file = out_dir / "config.json"
@@ -264,17 +261,7 @@ def test_model_and_datamodule_pickle(tiny_kwargs: dict, synthetic_root: Path) ->
     assert torch.equal(expected.pred_score, actual.pred_score)
     assert torch.equal(expected.anomaly_map, actual.anomaly_map)
 
-    datamodule = AuxiliaryTrain(
-        synthetic_root,
-        SOURCE_CATEGORIES,
-        target_root=synthetic_root,
-        target_categories=TARGET_CATEGORIES,
-        train_batch_size=2,
-        eval_batch_size=2,
-        num_workers=0,
-        val_ratio=0.2,
-        seed=SEED,
-    )
+    datamodule = demo_datamodule(synthetic_root, SEED)
     datamodule.setup("fit")
     copy = pickle.loads(pickle.dumps(datamodule))  # noqa: S301 - our own bytes
     assert copy.train_data.samples.equals(datamodule.train_data.samples)

@@ -11,24 +11,10 @@ from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
 
-from anomalib_bayes_pfl import AuxiliaryTrain, BayesPFL, save_prompt_weights
+from anomalib_bayes_pfl import BayesPFL, save_prompt_weights
+from anomalib_bayes_pfl.demo import demo_datamodule
 
 pytestmark = pytest.mark.integration
-
-SOURCE, TARGET = ["disc", "square", "stripes", "checker"], ["ring", "grain"]
-
-
-def _datamodule(root: Path) -> AuxiliaryTrain:
-    return AuxiliaryTrain(
-        root,
-        SOURCE,
-        target_root=root,
-        target_categories=TARGET,
-        train_batch_size=8,
-        eval_batch_size=16,
-        num_workers=0,
-        val_ratio=0.25,
-    )
 
 
 def _engine(root_dir: Path, epochs: int = 3) -> Engine:
@@ -56,9 +42,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path, shar
     root_dir = tmp_path_factory.mktemp("engine")
     model = BayesPFL(**shared_kwargs, stage1_max_epochs=2)
     engine = _engine(root_dir)
-    engine.fit(model, datamodule=_datamodule(synthetic_root))
+    engine.fit(model, datamodule=demo_datamodule(synthetic_root))
     best = Path(engine.trainer.checkpoint_callback.best_model_path)
-    results = engine.test(model, datamodule=_datamodule(synthetic_root))
+    results = engine.test(model, datamodule=demo_datamodule(synthetic_root))
     return {"model": model, "best": best, "results": results[0], "root_dir": root_dir}
 
 
@@ -116,6 +102,6 @@ def test_same_seed_same_scores(synthetic_root: Path, shared_kwargs: dict, tmp_pa
     for run in range(2):
         seed_everything(7)
         model = BayesPFL(**shared_kwargs, stage1_max_epochs=1)
-        _engine(tmp_path / str(run), epochs=1).fit(model, datamodule=_datamodule(synthetic_root))
+        _engine(tmp_path / str(run), epochs=1).fit(model, datamodule=demo_datamodule(synthetic_root))
         scores.append(_scores(model, images))
     assert torch.equal(scores[0], scores[1])

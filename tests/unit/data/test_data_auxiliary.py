@@ -145,7 +145,7 @@ def test_augmentations_reach_images_and_masks(make_datamodule: MakeDatamodule) -
 def test_batch_paths_name_their_category(make_datamodule: MakeDatamodule, synthetic) -> None:
     datamodule = _ready(make_datamodule, train_batch_size=64)
     batch = next(iter(datamodule.train_dataloader()))
-    assert {datamodule.category_of(path) for path in batch.image_path} == set(synthetic.source)
+    assert {category_from_path(path) for path in batch.image_path} == set(synthetic.source)
 
 
 # ---------------------------------------------------------------------------------------- formats
@@ -257,7 +257,3 @@ def test_target_root_needs_categories(make_datamodule: MakeDatamodule) -> None:
 )
 def test_category_from_path(path: str | Path, expected: str | None) -> None:
     assert category_from_path(path) == expected
-
-
-def test_category_of_is_category_from_path() -> None:
-    assert AuxiliaryTrain.category_of("root/disc/test/hole/000.png") == "disc"
