@@ -1,8 +1,10 @@
-"""Learning test: a few dozen optimisation steps on generated data lower the loss and separate held-out images.
+"""Learning test: training on generated data lowers the loss and separates held-out images of the training categories.
 
-Measured on 2 cores with the tiny random-weight CLIP (seed 0, 60 steps of batch 8, lr 1e-3 for the encoders, RCA
-and mapping, the reference's other groups and betas): see the bars below. Random CLIP weights carry no semantics,
-so the bar checks that the method learns from masks, not how well it transfers.
+Setting: the tiny random-weight CLIP at 128 px (a 16 x 16 patch grid; the 64 px images are upsampled by the
+pre-processor), 600 stage-1 steps then 100 stage-2 steps of batch 8, lr 1e-3 for encoders, RCA and mappings and the
+reference's other groups. Measured on 2 cores (about 40 s): held-out image AUROC 0.48 -> 0.73 and pixel AUROC
+0.45 -> 0.82 with seed 0; in a scratch run, seeds 1 and 2 gave 0.75 / 0.83 and 0.72 / 0.79. Random CLIP weights carry no semantics,
+so the bars check that the method learns from masks, not how well it transfers to unseen categories.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torchmetrics.classification import BinaryAUROC
 
 from anomalib_bayes_pfl import AuxiliaryTrain, BayesPFL, generate_synthetic_dataset
@@ -19,29 +22,32 @@ from anomalib_bayes_pfl.lightning_model import build_optimizers
 
 pytestmark = pytest.mark.integration
 
-STEPS = 80
-PIXEL_AUROC_BAR = 0.65
-"""Measured 0.70 after 80 steps (0.63 before). Held-out *image* AUROC stayed at chance (0.50) with the random
-tiny CLIP; it is reported, not asserted: see the closing note of the issue."""
+STAGE1_STEPS, STAGE2_STEPS = 600, 100
+IMAGE_SIZE = 128
+IMAGE_AUROC_BAR = 0.68
+"""Held-out image AUROC after training; measured 0.73 (chance: 0.5)."""
+PIXEL_AUROC_BAR = 0.75
+"""Held-out pixel AUROC after training; measured 0.82."""
+CATEGORIES = ["disc", "square", "stripes", "checker"]
 
 
-def _batches(datamodule: AuxiliaryTrain, split: str) -> list:
-    loader = datamodule.train_dataloader() if split == "train" else datamodule.val_dataloader()
-    return list(loader)
+def _forward(model: BayesPFL, batch: object) -> object:
+    """Run the torch model on a raw batch, with each image's category as its class name."""
+    names = [category_from_path(path) for path in batch.image_path]
+    return model.model(model.pre_processor.transform(batch.image), names)
 
 
 def _held_out_auroc(model: BayesPFL, batches: list) -> tuple[float, float]:
-    """Image and pixel AUROC on held-out images of the training categories."""
+    """Image and pixel AUROC on held-out images of the training categories (maps at the mask size)."""
     model.model.eval()
     scores, labels, maps, masks = [], [], [], []
     with torch.no_grad():
         for batch in batches:
-            images = model.pre_processor.transform(batch.image)
-            names = [category_from_path(path) for path in batch.image_path]
-            output = model.model(images, names)
+            output = _forward(model, batch)
+            anomaly_map = F.interpolate(output.anomaly_map.unsqueeze(1), size=batch.gt_mask.shape[-2:], mode="bilinear")
             scores.append(output.pred_score)
             labels.append(batch.gt_label)
-            maps.append(output.anomaly_map.flatten())
+            maps.append(anomaly_map.flatten())
             masks.append(batch.gt_mask.flatten())
     model.model.train()
     image = BinaryAUROC()(torch.cat(scores), torch.cat(labels).int()).item()
@@ -50,35 +56,33 @@ def _held_out_auroc(model: BayesPFL, batches: list) -> tuple[float, float]:
 
 
 def test_training_lowers_loss_and_separates_held_out_images(tmp_path: Path, tiny_kwargs: dict) -> None:
-    """Loss falls; held-out pixel AUROC rises above its starting value and the measured bar."""
+    """Loss falls; held-out image and pixel AUROC rise well above chance."""
     torch.manual_seed(0)
-    categories = ["disc", "square", "stripes", "checker"]
-    root = generate_synthetic_dataset(tmp_path, categories, num_train=1, num_test_normal=16, num_test_anomalous=24)
+    root = generate_synthetic_dataset(tmp_path, CATEGORIES, num_train=1, num_test_normal=16, num_test_anomalous=24)
     datamodule = AuxiliaryTrain(
-        root, categories, train_batch_size=8, eval_batch_size=32, num_workers=0, val_ratio=0.25, seed=0
+        root, CATEGORIES, train_batch_size=8, eval_batch_size=32, num_workers=0, val_ratio=0.25, seed=0
     )
     datamodule.setup()
-    model = BayesPFL(**(tiny_kwargs | {"score_alpha": 0.0}), lr=3e-3)
+    model = BayesPFL(**(tiny_kwargs | {"image_size": IMAGE_SIZE}), lr=1e-3)
     hparams = model.hparams
-    optimizer, _ = build_optimizers(
+    optimizers = build_optimizers(
         model.model, hparams.lr, hparams.lr_prompt, hparams.lr_flow, hparams.lr_temperature, hparams.betas
     )
-    train, held_out = _batches(datamodule, "train"), _batches(datamodule, "val")
+    train, held_out = list(datamodule.train_dataloader()), list(datamodule.val_dataloader())
     before = _held_out_auroc(model, held_out)
-    model.model.train()
     losses = []
-    for step in range(STEPS):
+    for step in range(STAGE1_STEPS + STAGE2_STEPS):
+        model.model.stage = 1 if step < STAGE1_STEPS else 2
         batch = train[step % len(train)]
-        images = model.pre_processor.transform(batch.image)
-        names = [category_from_path(path) for path in batch.image_path]
-        outputs = model.model(images, names)
-        loss = model.loss(outputs, batch.gt_label, batch.gt_mask, step % 3, 1, model.model.backbone.grid_size)["loss"]
+        grid = model.model.backbone.grid_size
+        loss = model.loss(_forward(model, batch), batch.gt_label, batch.gt_mask, step % 3, model.model.stage, grid)
+        optimizer = optimizers[model.model.stage - 1]
         optimizer.zero_grad()
-        loss.backward()
+        loss["loss"].backward()
         optimizer.step()
-        losses.append(loss.item())
+        losses.append(loss["loss"].item())
     after = _held_out_auroc(model, held_out)
-    print(f"held-out (image, pixel) AUROC before {before}, after {after}; loss {losses[0]:.2f} -> {losses[-1]:.2f}")
-    assert sum(losses[-10:]) < sum(losses[:10])
+    print(f"held-out (image, pixel) AUROC before {before}, after {after}")
+    assert sum(losses[STAGE1_STEPS - 50 : STAGE1_STEPS]) < sum(losses[:50])
+    assert after[0] >= IMAGE_AUROC_BAR
     assert after[1] >= PIXEL_AUROC_BAR
-    assert after[1] > before[1]
