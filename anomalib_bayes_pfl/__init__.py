@@ -3,6 +3,9 @@
 
 """Bayes-PFL (Bayesian Prompt Flow Learning, CVPR 2025) as an anomalib model.
 
+Names are imported on first use, so that the plugin hook (``anomalib_bayes_pfl.plugin``), which runs at interpreter
+start, imports neither torch nor anomalib.
+
 Example:
     >>> from anomalib_bayes_pfl import BayesPFL
     >>> model = BayesPFL(backbone="bayes-pfl-tiny", pretrained=None, image_size=64,
@@ -11,17 +14,33 @@ Example:
     'one_class'
 """
 
-from .checkpoints import load_prompt_weights, save_prompt_weights
-from .data import AuxiliaryTrain, category_from_path, generate_synthetic_dataset
-from .lightning_model import BayesPFL
-from .torch_model import BayesPFLModel
+from __future__ import annotations
 
-__all__ = [
-    "AuxiliaryTrain",
-    "BayesPFL",
-    "BayesPFLModel",
-    "category_from_path",
-    "generate_synthetic_dataset",
-    "load_prompt_weights",
-    "save_prompt_weights",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AuxiliaryTrain": ".data",
+    "BayesPFL": ".lightning_model",
+    "BayesPFLModel": ".torch_model",
+    "category_from_path": ".data",
+    "generate_synthetic_dataset": ".data",
+    "load_prompt_weights": ".checkpoints",
+    "save_prompt_weights": ".checkpoints",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:  # noqa: ANN401 - returns classes and functions
+    """Import a public name from its module on first access."""
+    if name not in _EXPORTS:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
