@@ -50,7 +50,8 @@ def test_short_names_after_importing_anomalib() -> None:
     """get_model by name and by class_path, list_models and anomalib.data see the plugin classes."""
     code = (
         "import anomalib.data, anomalib.models as m\n"
-        "kwargs = dict(backbone='bayes-pfl-tiny', pretrained=None, image_size=64, feature_layers=[1], gaussian_sigma=1.0)\n"
+        "kwargs = dict(backbone='bayes-pfl-tiny', pretrained=None, image_size=64, feature_layers=[1],"
+        " gaussian_sigma=1.0)\n"
         "print(type(m.get_model('BayesPFL', **kwargs)).__name__)\n"
         "print(type(m.get_model({'class_path': 'BayesPFL', 'init_args': kwargs})).__name__)\n"
         "print('bayes_p_f_l' in m.list_models(), anomalib.data.AuxiliaryTrain.__name__)\n"

@@ -3,8 +3,8 @@
 Setting: the tiny random-weight CLIP at 128 px (a 16 x 16 patch grid; the 64 px images are upsampled by the
 pre-processor), 600 stage-1 steps then 100 stage-2 steps of batch 8, lr 1e-3 for encoders, RCA and mappings and the
 reference's other groups. Measured on 2 cores (about 40 s): held-out image AUROC 0.48 -> 0.73 and pixel AUROC
-0.45 -> 0.82 with seed 0; in a scratch run, seeds 1 and 2 gave 0.75 / 0.83 and 0.72 / 0.79. Random CLIP weights carry no semantics,
-so the bars check that the method learns from masks, not how well it transfers to unseen categories.
+0.45 -> 0.82 with seed 0; in a scratch run, seeds 1 and 2 gave 0.75 / 0.83 and 0.72 / 0.79. Random CLIP weights
+carry no semantics, so the bars check that the method learns from masks, not how well it transfers to unseen categories.
 """
 
 from __future__ import annotations
