@@ -1,32 +1,41 @@
 # Copyright (C) 2026 anomalib-bayes-pfl contributors
 # SPDX-License-Identifier: MIT
 
-"""Saving and loading the trained head of Bayes-PFL ("prompt weights").
+"""Saving and loading the trained head of Bayes-PFL ("prompt weights"), including the authors' released heads.
 
 Only the head is saved (prompt bank, prompt flow with its fixed evaluation noise, RCA, image branch,
 temperatures, stage and class name): the frozen CLIP comes from its own weights, so a head file is small and
 works with any copy of the same CLIP. Files are read with ``torch.load(weights_only=True)``: a crafted pickle
 cannot run code.
+
+The authors' released heads (``train_visa.pth``, ``train_mvtec.pth``: ``{"MyModel": state_dict}`` of their
+``Context_Prompting`` module, https://github.com/xiaozhen228/Bayes-PFL) load through the same ``prompt_weights``
+argument: every key is renamed (and reshaped where the layouts differ) by :data:`REFERENCE_RENAMES`; the unused
+decoders and the second copies of shared encoders are dropped; any other key is an error. They need the
+ViT-L-14-336 OpenAI CLIP with ``activation="gelu"`` (the reference re-implementation's exact GELU).
 """
 
 from __future__ import annotations
 
 import pickle
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-BACKBONE_PREFIX = "backbone."
-"""State-dict prefix of the frozen CLIP inside :class:`BayesPFLModel`."""
+NOT_HEAD_PREFIXES = ("backbone.", "anomaly_map.")
+"""Not saved with a head: the frozen CLIP (it has its own weights) and the smoothing kernel (derived from
+``gaussian_sigma``, a setting of the model that loads the head)."""
 
 LIGHTNING_PREFIX = "model."
 """State-dict prefix of :class:`BayesPFLModel` inside a Lightning checkpoint of :class:`BayesPFL`."""
 
 
 def head_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable head of a :class:`BayesPFLModel`: everything but the frozen CLIP."""
-    return {key: value for key, value in model.state_dict().items() if not key.startswith(BACKBONE_PREFIX)}
+    """The trained head of a :class:`BayesPFLModel`: everything but the frozen CLIP and derived buffers."""
+    return {key: value for key, value in model.state_dict().items() if not key.startswith(NOT_HEAD_PREFIXES)}
 
 
 def save_prompt_weights(model: nn.Module, path: str | Path) -> Path:
@@ -62,17 +71,99 @@ def _head_from_checkpoint(checkpoint: dict) -> dict[str, torch.Tensor]:
     return {
         key.removeprefix(LIGHTNING_PREFIX): value
         for key, value in state_dict.items()
-        if key.startswith(LIGHTNING_PREFIX) and not key.startswith(LIGHTNING_PREFIX + BACKBONE_PREFIX)
+        if key.startswith(LIGHTNING_PREFIX) and not key.removeprefix(LIGHTNING_PREFIX).startswith(NOT_HEAD_PREFIXES)
     }
 
 
+REFERENCE_CHECKPOINT_KEY = "MyModel"
+"""The reference's checkpoints are ``{"MyModel": state_dict}``."""
+
+
+def _squeeze_last(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.squeeze(-1)
+
+
+def _flatten_flows(tensor: torch.Tensor) -> torch.Tensor:
+    """``(1, K, D, 1)`` / ``(1, K, 1, D)`` -> ``(K, D)``; ``(1, K, 1, 1)`` -> ``(K,)``; ``(1, D)`` -> ``(D,)``."""
+    return tensor.reshape(tensor.shape[1], -1).squeeze(-1) if tensor.dim() == 4 else tensor.reshape(-1)
+
+
+REFERENCE_RENAMES: tuple[tuple[str, str, Callable[[torch.Tensor], torch.Tensor] | None], ...] = (
+    (r"prompt_(context|state_normal|state_abnormal)$", r"prompt_bank.prompt_\1", None),
+    (r"temperature_(pixel|image)$", r"temperature_\1", None),
+    (r"context_encoder\.weight_mean\.module\.", "prompt_flow.image_specific.encoder.mean.", None),
+    (r"context_encoder\.weight_log_variance\.module\.", "prompt_flow.image_specific.encoder.log_variance.", None),
+    (r"state_encoder\.weight_mean\.module\.", "prompt_flow.state_encoder.mean.", None),
+    (r"state_encoder\.weight_log_variance\.module\.", "prompt_flow.state_encoder.log_variance.", None),
+    (r"PFL_context\.amor_([uwb])\.", r"prompt_flow.image_specific.amortised_\1.", None),
+    (r"PFL_(normal|abnormal)\.amor_([uwb])$", r"prompt_flow.\1.\2", _flatten_flows),
+    (r"PFL_(normal|abnormal)\.state$", r"prompt_flow.\1.state", _flatten_flows),
+    (r"fuse\.fuse_modules\.", "image_branch.pooling.fuse.", None),
+    (r"fuse\.compress\.", "image_branch.pooling.score.", None),
+    (r"fuse\.post_process\.", "image_branch.pooling.project.", None),
+    (r"RCA\.q_proj_pre\.weight$", "rca.query.weight", _squeeze_last),
+    (r"RCA\.q_proj_pre\.bias$", "rca.query.bias", None),
+    (r"RCA\.linear_proj\.", "rca.patch_projections.", None),
+    (r"(class|image)_mapping\.", r"image_branch.\1_mapping.", None),
+)
+"""Reference key pattern (matched at the start) -> our key, and the reshape where the layouts differ."""
+
+REFERENCE_UNUSED = re.compile(r"(context_decoder|state_decoder|PFL_\w+\.(encoder|decoder|p_mu))\.")
+"""Reference keys with no counterpart: unused reconstruction decoders and second copies of shared encoders."""
+
+REFERENCE_STAGE = re.compile(r"_(\d)\.pth?$")
+"""The reference names its per-epoch files ``epoch_post_{epoch}_{stage}.pth``; released files are stage 2."""
+
+
+def is_reference_checkpoint(checkpoint: dict) -> bool:
+    """Whether ``checkpoint`` is one of the reference implementation's files."""
+    return REFERENCE_CHECKPOINT_KEY in checkpoint or "prompt_context" in checkpoint
+
+
+def convert_reference_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the reference's head keys to ours, reshaping where needed.
+
+    Raises:
+        ValueError: If a key matches neither a rename nor the known unused keys.
+    """
+    converted, unknown = {}, []
+    for key, value in state_dict.items():
+        key = key.removeprefix("module.")
+        for pattern, replacement, reshape in REFERENCE_RENAMES:
+            match = re.match(pattern, key)
+            if match:
+                converted[match.expand(replacement) + key[match.end() :]] = reshape(value) if reshape else value
+                break
+        else:
+            if not REFERENCE_UNUSED.match(key):
+                unknown.append(key)
+    if unknown:
+        msg = f"Unknown keys in the reference checkpoint: {unknown[:8]}. Is this a Bayes-PFL Context_Prompting file?"
+        raise ValueError(msg)
+    return converted
+
+
+def _reference_head(checkpoint: dict, path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Our head from a reference file; evaluation noise and class name come from ``model``, the stage from the name."""
+    head = convert_reference_state_dict(checkpoint.get(REFERENCE_CHECKPOINT_KEY, checkpoint))
+    current = model.state_dict()
+    stage = REFERENCE_STAGE.search(path.name)
+    head["prompt_flow.eval_noise"] = current["prompt_flow.eval_noise"]
+    head["_extra_state"] = {"stage": int(stage.group(1)) if stage else 2, "class_name": model.class_name}
+    return head
+
+
 def load_prompt_weights(model: nn.Module, path: str | Path) -> None:
-    """Load trained head weights into ``model``, checking every key and shape first.
+    """Load trained head weights (ours or the authors' released ones) into ``model``, checking every key first.
 
     Raises:
         ValueError: If keys are missing or unexpected, or shapes differ (a head trained with other sizes).
     """
-    head = _head_from_checkpoint(read_checkpoint(path))
+    checkpoint = read_checkpoint(path)
+    if is_reference_checkpoint(checkpoint):
+        head = _reference_head(checkpoint, Path(path), model)
+    else:
+        head = _head_from_checkpoint(checkpoint)
     expected = head_state_dict(model)
     missing = sorted(set(expected) - set(head))
     unexpected = sorted(set(head) - set(expected))
