@@ -112,10 +112,13 @@ def _eager(checkpoint: Path, image: Path) -> tuple[float, np.ndarray]:
     return float(output.pred_score.flatten()[0]), output.anomaly_map.squeeze().numpy()
 
 
-def test_openvino_export_matches_eager(checkpoint: Path, synthetic_root: Path, tmp_path: Path) -> None:
+def test_openvino_export_matches_eager(
+    checkpoint: Path, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """OpenVINO (f32) predictions on image files match the eager model after post-processing within 1e-3."""
     from anomalib.deploy import OpenVINOInferencer
 
+    monkeypatch.chdir(tmp_path)  # the inferencer writes ./openvino_cache
     inferencer = OpenVINOInferencer(_export(checkpoint, "openvino", tmp_path), device="CPU", config=F32)
     for image in sorted((synthetic_root / "grain" / "test").rglob("00[0-1].png")):
         prediction = inferencer.predict(image)
