@@ -24,7 +24,7 @@ import importlib.abc
 import importlib.machinery
 import sys
 import warnings
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
 
 GROUPS = {"anomalib.models": "anomalib.models", "anomalib.data": "anomalib.data"}
@@ -34,12 +34,46 @@ TRIGGER = "anomalib.models"
 """Registering waits for this module: the model registry, imported by the CLI, ``get_model`` and the benchmark."""
 
 
+def _initializing(entry_point: EntryPoint) -> bool:
+    """Whether the entry point's package is being imported right now (it imported anomalib on its way)."""
+    package = entry_point.module.split(".")[0]
+    return any(
+        getattr(getattr(module, "__spec__", None), "_initializing", False)
+        for name, module in list(sys.modules.items())
+        if name == package or name.startswith(package + ".")
+    )
+
+
+def _defer(module: ModuleType, entry_point: EntryPoint) -> None:
+    """Expose ``entry_point`` on ``module`` on first attribute access, once its own import has finished."""
+    deferred = module.__dict__.setdefault("_deferred_plugins", {})
+    deferred[entry_point.name] = entry_point
+
+    def __getattr__(name: str) -> object:  # noqa: N807 - a module-level __getattr__ (PEP 562)
+        if name not in deferred:
+            msg = f"module {module.__name__!r} has no attribute {name!r}"
+            raise AttributeError(msg)
+        value = deferred.pop(name).load()
+        setattr(module, name, value)
+        return value
+
+    module.__getattr__ = __getattr__
+
+
 def register_entry_points() -> dict[str, list[str]]:
-    """Load every entry point of :data:`GROUPS` and expose it where anomalib looks; return what was registered."""
+    """Load every entry point of :data:`GROUPS` and expose it where anomalib looks; return what was registered.
+
+    A plugin whose module is still being imported (it imported anomalib first) is exposed on first attribute
+    access instead: its classes exist by the time anyone asks for them.
+    """
     registered: dict[str, list[str]] = {}
     for group, module_name in GROUPS.items():
         module = importlib.import_module(module_name)
         for entry_point in entry_points(group=group):
+            if _initializing(entry_point):
+                _defer(module, entry_point)
+                registered.setdefault(group, []).append(entry_point.name)
+                continue
             try:
                 plugin = entry_point.load()
             except Exception as error:  # noqa: BLE001 - one broken plugin must not break anomalib

@@ -59,6 +59,17 @@ def test_short_names_after_importing_anomalib() -> None:
     assert _run(sys.executable, "-c", code).stdout.split() == ["BayesPFL", "BayesPFL", "True", "AuxiliaryTrain"]
 
 
+def test_plugin_imported_before_anomalib() -> None:
+    """Importing the plugin first (it imports anomalib itself) still registers it, without warnings."""
+    code = (
+        "import warnings; warnings.simplefilter('error', RuntimeWarning)\n"
+        "from anomalib_bayes_pfl import BayesPFL\n"
+        "import anomalib.data, anomalib.models\n"
+        "print(anomalib.models.BayesPFL is BayesPFL, anomalib.data.AuxiliaryTrain.__name__)\n"
+    )
+    assert _run(sys.executable, "-c", code).stdout.split() == ["True", "AuxiliaryTrain"]
+
+
 def test_broken_plugin_warns_instead_of_failing(monkeypatch: pytest.MonkeyPatch) -> None:
     """A plugin whose import fails is skipped with a warning; the others still register."""
     broken = EntryPoint(name="Broken", value="no_such_module_xyz:Model", group="anomalib.models")
