@@ -54,9 +54,18 @@ def _bayes_pfl(args: argparse.Namespace) -> BayesPFL:
     """The model under test: tiny in quick mode, else the given backbone with the paper's head sizes."""
     if args.quick:
         return BayesPFL(**(TINY_MODEL_ARGS | {"num_samples": 10}))
-    layers = args.feature_layers or None
-    kwargs = {"feature_layers": layers} if layers else {}
-    return BayesPFL(backbone=args.backbone, pretrained=args.pretrained, image_size=args.image_size, **kwargs)
+    layers = args.feature_layers or even_taps(args.backbone)
+    return BayesPFL(
+        backbone=args.backbone, pretrained=args.pretrained, image_size=args.image_size, feature_layers=layers
+    )
+
+
+def even_taps(backbone: str) -> list[int]:
+    """Four evenly spaced blocks, ending with the last (6/12/18/24 for a 24-block ViT, 3/6/9/12 for 12)."""
+    import open_clip
+
+    depth = open_clip.get_model_config(backbone)["vision_cfg"]["layers"]
+    return [depth * quarter // 4 for quarter in range(1, 5)]
 
 
 def _with_samples(model: BayesPFL, samples: int) -> Candidate:
@@ -147,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--backbone", default="ViT-B-16")
     parser.add_argument("--pretrained", default=None, help="open_clip tag, local file, or none (random)")
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--feature-layers", type=int, nargs="*", help="default: the model's (6 12 18 24)")
+    parser.add_argument("--feature-layers", type=int, nargs="*", help="default: four evenly spaced blocks")
     parser.add_argument("--batch", type=int, default=4, help="batch size of the batched candidate")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny configuration; skips WinCLIP")
