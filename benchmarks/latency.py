@@ -239,6 +239,7 @@ def _plot(report: dict, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(7, 3))
     axis.bar(names, [report["median_s_per_image"][name] for name in names])
     axis.set_ylabel("median s / image")
+    axis.tick_params(axis="x", labelrotation=30)
     axis.set_title(
         f"{report['config']['backbone']} @ {report['config']['image_size']} ({report['machine']})", fontsize=8
     )
