@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import zipfile
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -30,6 +31,8 @@ import torch
 from open_clip.model import resize_pos_embed
 from open_clip.transformer import VisionTransformer
 from torch import nn
+
+from .locality import check_locality, local_window_mask
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +72,20 @@ def _model_config(name: str) -> dict:
         msg = f"Unknown backbone {name!r}. Use an open_clip model name, one of: {known}."
         raise ValueError(msg)
     return config
+
+
+def vision_depth(name: str) -> int:
+    """Number of blocks of a ViT backbone, read from its config (nothing is built).
+
+    Example:
+        >>> vision_depth("bayes-pfl-tiny")
+        4
+    """
+    vision = _model_config(name).get("vision_cfg", {})
+    if vision.get("patch_size") is None or not isinstance(vision.get("layers"), int):
+        msg = f"Backbone {name!r} is not a ViT CLIP (no patch_size/layers in its config); use a ViT model."
+        raise ValueError(msg)
+    return vision["layers"]
 
 
 def _is_torchscript_archive(path: Path) -> bool:
@@ -158,6 +175,11 @@ class ClipBackbone(nn.Module):
             Defaults to ``(6, 12, 18, 24)``.
         activation (str): ``"auto"``, ``"gelu"`` or ``"quick_gelu"``; see :data:`ACTIVATIONS`.
             Defaults to ``"auto"``.
+        locality_window (int | None): Odd side, in patches, of the window patch queries attend to in
+            ``locality_layers`` (locality-aware attention); ``None`` keeps CLIP's global attention.
+            Defaults to ``None``.
+        locality_layers (Sequence[int] | None): 1-indexed blocks with the window; ``None``: the last block.
+            Defaults to ``None``.
 
     Example:
         >>> backbone = ClipBackbone("bayes-pfl-tiny", pretrained=None, image_size=64, feature_layers=(1, 2))
@@ -173,10 +195,13 @@ class ClipBackbone(nn.Module):
         image_size: int = 518,
         feature_layers: tuple[int, ...] = (6, 12, 18, 24),
         activation: str = "auto",
+        locality_window: int | None = None,
+        locality_layers: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         config = _model_config(name)
         self._check_geometry(name, config, image_size, feature_layers)
+        self.locality_layers = check_locality(locality_window, locality_layers, config["vision_cfg"]["layers"])
         weights = resolve_weights(name, pretrained)
         torchscript = weights is not None and _is_torchscript_archive(weights)
         quick_gelu = _wants_quick_gelu(activation, openai_weights=pretrained == "openai" or torchscript)
@@ -190,15 +215,13 @@ class ClipBackbone(nn.Module):
         self.clip.eval()
         self.image_size = image_size
         self.feature_layers = tuple(feature_layers)
+        if self.locality_layers:
+            self.register_buffer("locality_mask", local_window_mask(self.grid_size, locality_window), persistent=False)
 
     @staticmethod
     def _check_geometry(name: str, config: dict, image_size: int, feature_layers: tuple[int, ...]) -> None:
         """Reject sizes and layers the architecture cannot serve, before anything heavy is built."""
-        vision = config.get("vision_cfg", {})
-        patch_size, depth = vision.get("patch_size"), vision.get("layers")
-        if patch_size is None or not isinstance(depth, int):
-            msg = f"Backbone {name!r} is not a ViT CLIP (no patch_size/layers in its config); use a ViT model."
-            raise ValueError(msg)
+        depth, patch_size = vision_depth(name), config["vision_cfg"]["patch_size"]
         if image_size <= 0 or image_size % patch_size:
             msg = f"image_size={image_size} must be a positive multiple of {name!r}'s patch size {patch_size}."
             raise ValueError(msg)
@@ -261,6 +284,33 @@ class ClipBackbone(nn.Module):
         """Patch grid of the vision transformer at ``image_size``."""
         return tuple(self.clip.visual.grid_size)
 
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch, class and position embeddings of ``images``, in the transformer's layout."""
+        visual = self.clip.visual
+        x = visual.conv1(images)  # shape = [N, W, grid, grid]
+        x = x.flatten(2).transpose(1, 2)  # shape = [N, grid ** 2, W]
+        class_token = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([class_token, x], dim=1) + visual.positional_embedding.to(x.dtype)
+        x = visual.ln_pre(visual.patch_dropout(x))
+        return x if _batch_first(visual.transformer) else x.transpose(0, 1)  # NLD -> LND
+
+    def _blocks(self, x: torch.Tensor, depth: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """Run blocks ``1..depth`` on embedded tokens, yielding ``(block index, output)``.
+
+        Blocks listed in :attr:`locality_layers` run with the local-window attention mask.
+        """
+        for index, block in enumerate(self.clip.visual.transformer.resblocks[:depth], start=1):
+            x = block(x, attn_mask=self._attention_mask(index))
+            yield index, x
+
+    def _attention_mask(self, index: int) -> torch.Tensor | None:
+        """The local-window mask for blocks with locality-aware attention, else none."""
+        return self.locality_mask if index in self.locality_layers else None
+
+    def _batch_major(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens of the vision transformer's layout as ``(N, L, W)``."""
+        return x if _batch_first(self.clip.visual.transformer) else x.transpose(0, 1)
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Encode images.
 
@@ -273,21 +323,40 @@ class ClipBackbone(nn.Module):
             block (class token dropped), ``P`` = grid cells, ``W`` = vision width.
         """
         visual = self.clip.visual
-        x = visual.conv1(images)  # shape = [N, W, grid, grid]
-        x = x.flatten(2).transpose(1, 2)  # shape = [N, grid ** 2, W]
-        class_token = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([class_token, x], dim=1) + visual.positional_embedding.to(x.dtype)
-        x = visual.ln_pre(visual.patch_dropout(x))
-        batch_first = _batch_first(visual.transformer)
-        x = x if batch_first else x.transpose(0, 1)  # NLD -> LND
         taps = []
-        for index, block in enumerate(visual.transformer.resblocks, start=1):
-            x = block(x)
+        for index, x in self._blocks(self._embed(images), len(visual.transformer.resblocks)):
             if index in self.feature_layers:
-                taps.append((x if batch_first else x.transpose(0, 1))[:, 1:])
-        x = x if batch_first else x.transpose(0, 1)  # LND -> NLD
-        global_feature = visual.ln_post(x[:, 0]) @ visual.proj
+                taps.append(self._batch_major(x)[:, 1:])
+        global_feature = visual.ln_post(self._batch_major(x)[:, 0]) @ visual.proj
         return global_feature, taps
+
+    def class_attention(self, images: torch.Tensor, layer: int) -> torch.Tensor:
+        """Class-token attention over the patches in block ``layer`` (1-indexed), averaged over heads.
+
+        This is the frozen CLIP's own notion of where the object is; object-attention anomaly generation uses
+        it as a foreground map. Only blocks ``1..layer`` run.
+
+        Args:
+            images (torch.Tensor): Normalised images ``(N, 3, S, S)``.
+            layer (int): 1-indexed block whose attention is read.
+
+        Returns:
+            torch.Tensor: Attention weights ``(N, rows, columns)`` on the patch grid (rows sum to at most 1).
+        """
+        blocks = self.clip.visual.transformer.resblocks
+        if not 1 <= layer <= len(blocks):
+            msg = f"Attention layer {layer} must be a 1-indexed block within 1..{len(blocks)}."
+            raise ValueError(msg)
+        block = blocks[layer - 1]
+        if not isinstance(block.attn, nn.MultiheadAttention):
+            msg = "Class-token attention needs open_clip's standard blocks (nn.MultiheadAttention)."
+            raise TypeError(msg)
+        x = self._embed(images)
+        for _, output in self._blocks(x, layer - 1):
+            x = output
+        tokens = block.ln_1(x)
+        weights = block.attn(tokens, tokens, tokens, need_weights=True, attn_mask=self._attention_mask(layer))[1]
+        return weights[:, 0, 1:].reshape(images.shape[0], *self.grid_size)
 
     def token_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
         """Embed token ids ``(M, L)`` into ``(M, L, text_width)``."""

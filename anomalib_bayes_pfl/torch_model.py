@@ -69,6 +69,10 @@ class BayesPFLModel(nn.Module):
         gaussian_sigma (float): Smoothing of the anomaly map. Defaults to ``8``.
         score_alpha (float): Weight of the image branch in the image score. Defaults to ``0.5``.
         top_k (int): Map pixels averaged into the image score. Defaults to ``2000``.
+        locality_window (int | None): Window side (patches) of locality-aware attention; ``None`` disables it.
+            Defaults to ``None``.
+        locality_layers (Sequence[int] | None): 1-indexed blocks with locality-aware attention; ``None``: the
+            last block. Defaults to ``None``.
     """
 
     def __init__(
@@ -88,6 +92,8 @@ class BayesPFLModel(nn.Module):
         gaussian_sigma: float = 8.0,
         score_alpha: float = 0.5,
         top_k: int = 2000,
+        locality_window: int | None = None,
+        locality_layers: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         _require_positive(
@@ -98,7 +104,9 @@ class BayesPFLModel(nn.Module):
             num_samples=num_samples,
         )
         self.anomaly_map = AnomalyMapGenerator(image_size, gaussian_sigma, score_alpha, top_k)
-        self.backbone = ClipBackbone(backbone, pretrained, image_size, tuple(feature_layers), activation)
+        self.backbone = ClipBackbone(
+            backbone, pretrained, image_size, tuple(feature_layers), activation, locality_window, locality_layers
+        )
         embed_dim, vision_width = self.backbone.embed_dim, self.backbone.vision_width
         text_width = self.backbone.text_width
         self.prompt_bank = PromptBank(text_width, num_prompts, context_length, state_length)
@@ -162,6 +170,10 @@ class BayesPFLModel(nn.Module):
             "image_branch": list(self.image_branch.parameters()),
         }
 
+    def prompt_parameters(self) -> list[nn.Parameter]:
+        """Everything that shapes the text prompts: the bank and the prompt distributions (meta guidance acts here)."""
+        return [*self.prompt_bank.parameters(), *self.prompt_flow.parameters()]
+
     # -- forward ------------------------------------------------------------------------------------------------
 
     def _tokenize(self, names: Sequence[str]) -> tuple[torch.Tensor, int]:
@@ -222,7 +234,8 @@ class BayesPFLModel(nn.Module):
         Returns:
             InferenceBatch | dict: In eval mode, ``InferenceBatch(pred_score (N,), anomaly_map (N, S, S))``.
             In training mode, the loss inputs: ``image_logits (N, 2B)``, ``pixel_logits`` (per layer
-            ``(N, P, 2B)``; empty in stage 2), ``text_embeddings (N, 2, B, E)`` and ``kl (3,)``.
+            ``(N, P, 2B)``; empty in stage 2), ``text_embeddings (N, 2, B, E)``, ``kl (3,)`` and the frozen
+            ``global_feature (N, E)``.
         """
         size = self.backbone.image_size
         if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (size, size):
@@ -243,6 +256,7 @@ class BayesPFLModel(nn.Module):
                 "pixel_logits": pixel_logits,
                 "text_embeddings": text[:, :, 0],
                 "kl": kl,
+                "global_feature": global_feature,
             }
         score, anomaly_map = self.anomaly_map(image_logits, pixel_logits, self.backbone.grid_size, (size, size))
         return InferenceBatch(pred_score=score, anomaly_map=anomaly_map)
