@@ -26,6 +26,7 @@ Paper:
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -44,11 +45,14 @@ from anomalib.visualization import ImageVisualizer
 from lightning.pytorch.callbacks import Callback
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch.optim.lr_scheduler import LambdaLR
-from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
+from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize, Transform
 
+from .backbone import vision_depth
 from .checkpoints import head_state_dict, load_prompt_weights
 from .data import category_from_path
 from .loss import BayesPFLLoss
+from .meta_guidance import MetaGuidance
+from .synthesis import ObjectAttentionAnomalyGenerator, attention_foreground
 from .torch_model import DEFAULT_CLASS_NAME, BayesPFLModel
 
 logger = logging.getLogger(__name__)
@@ -103,6 +107,21 @@ class BayesPFL(AnomalibModule):
             ends (the best stage-1 weights are restored) and stage 2 begins. Defaults to ``4``.
         stage1_max_epochs (int | None): Start stage 2 after this many epochs at the latest (``None``: only the
             patience rule; a value >= the trainer's ``max_epochs`` trains stage 1 only). Defaults to ``None``.
+        synthetic_anomalies (bool): Object-attention anomaly generation: turn a share of the normal training
+            images into anomalies with masks, on the object found by CLIP's class-token attention. Needed for
+            normal-only data (e.g. MVTecAD's train split). Defaults to ``False``.
+        synthesis_probability (float): Share of normal training images that get an anomaly. Defaults to ``0.5``.
+        anomaly_source_path (str | None): Folder of texture images used besides Perlin noise and the image itself.
+            Defaults to ``None``.
+        attention_layer (int | None): 1-indexed block whose class-token attention finds the object; ``None``: the
+            middle block (12 of 24 for ViT-L/14). Defaults to ``None``.
+        meta_guidance (bool): Meta-guided prompt tuning: remove the components of the prompts' gradient that
+            conflict with the fixed prompts "a photo of a flawless/damaged <class>." Defaults to ``False``.
+        meta_strength (float): lambda, the share of the conflicting component removed. Defaults to ``1``.
+        locality_window (int | None): Locality-aware attention: odd window side, in patches, that patch tokens
+            attend to in ``locality_layers`` (class token stays global); ``None`` disables it. Defaults to ``None``.
+        locality_layers (Sequence[int] | None): 1-indexed blocks with locality-aware attention; ``None``: the last
+            block. Defaults to ``None``.
         pre_processor, post_processor, evaluator, visualizer: As in :class:`AnomalibModule`.
     """
 
@@ -135,6 +154,14 @@ class BayesPFL(AnomalibModule):
         warmup_ratio: float = 0.1,
         stage_patience: int = 4,
         stage1_max_epochs: int | None = None,
+        synthetic_anomalies: bool = False,
+        synthesis_probability: float = 0.5,
+        anomaly_source_path: str | None = None,
+        attention_layer: int | None = None,
+        meta_guidance: bool = False,
+        meta_strength: float = 1.0,
+        locality_window: int | None = None,
+        locality_layers: Sequence[int] | None = None,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -145,6 +172,13 @@ class BayesPFL(AnomalibModule):
             pre_processor = self.configure_pre_processor((image_size, image_size))
         super().__init__(pre_processor, post_processor, evaluator, visualizer)
         _check_training_arguments(warmup_ratio, stage_patience, stage1_max_epochs)
+        self.attention_layer = _attention_layer(attention_layer, backbone)
+        self.synthesis = (
+            ObjectAttentionAnomalyGenerator(synthesis_probability, anomaly_source_path=anomaly_source_path)
+            if synthetic_anomalies
+            else None
+        )
+        self.meta_guidance = MetaGuidance(meta_strength) if meta_guidance else None
         self.model = BayesPFLModel(
             backbone=backbone,
             pretrained=pretrained,
@@ -161,6 +195,8 @@ class BayesPFL(AnomalibModule):
             gaussian_sigma=gaussian_sigma,
             score_alpha=score_alpha,
             top_k=top_k,
+            locality_window=locality_window,
+            locality_layers=locality_layers,
         )
         if prompt_weights is not None:
             load_prompt_weights(self.model, prompt_weights)
@@ -261,6 +297,18 @@ class BayesPFL(AnomalibModule):
         if isinstance(category, str):
             self.model.set_class_name(category)
 
+    def on_train_start(self) -> None:
+        """Refuse normal-only training data unless anomalies are synthesised: nothing could be learned from it."""
+        samples = getattr(getattr(self.trainer.datamodule, "train_data", None), "samples", None)
+        normal_only = samples is not None and "label_index" in samples and not samples.label_index.any()
+        if self.synthesis is None and normal_only:
+            msg = (
+                "The training split holds no anomalous images (e.g. MVTecAD's train split), so Bayes-PFL has "
+                "nothing to learn from. Enable synthetic anomalies (BayesPFL(synthetic_anomalies=True), "
+                "--model.synthetic_anomalies true) or train on labelled auxiliary data with AuxiliaryTrain."
+            )
+            raise ValueError(msg)
+
     def _class_names(self, batch: Batch) -> list[str] | None:
         """Per-image class names from the category folders (mixed-category data); ``None`` keeps the model's."""
         if self.hparams.class_name is not None or batch.image_path is None:
@@ -273,21 +321,53 @@ class BayesPFL(AnomalibModule):
         return int(torch.randint(self.model.prompt_bank.num_prompts, (1,), generator=generator))
 
     def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:
-        """One optimisation step of the current stage."""
+        """One optimisation step of the current stage (with synthetic anomalies and meta guidance when enabled)."""
         del args, kwargs
         stage = self.model.stage
-        outputs = self.model(batch.image, self._class_names(batch))
+        images, labels, masks = self._training_inputs(batch)
+        class_names = self._class_names(batch)
+        outputs = self.model(images, class_names)
         grid = self.model.backbone.grid_size
-        terms = self.loss(outputs, batch.gt_label, batch.gt_mask, self._pair_index(), stage, grid)
+        terms = self.loss(outputs, labels, masks, self._pair_index(), stage, grid)
         optimizer = self.optimizers()[stage - 1]
         optimizer.zero_grad()
+        guided = self.meta_guidance is not None and stage == 1
+        if guided:
+            parameters = self.model.prompt_parameters()
+            names = class_names or [self.model.class_name] * len(images)
+            meta = self.meta_guidance.meta_text(self.model.backbone, names)
+            guide_loss = self.meta_guidance.loss(outputs["global_feature"], outputs["text_embeddings"], meta)
+            guide = self.meta_guidance.guide_gradients(guide_loss, parameters)
         self.manual_backward(terms["loss"])
+        if guided:
+            average = functools.partial(self.trainer.strategy.reduce, reduce_op="mean")
+            terms |= self.meta_guidance.project(parameters, guide, average) | {"meta_loss": guide_loss.detach()}
         optimizer.step()
         if stage == 1:
             self.lr_schedulers().step()
         self.log_dict({f"train_{name}": value.detach() for name, value in terms.items()}, sync_dist=True)
         self.log("train_stage", float(stage), sync_dist=True)
         return terms["loss"].detach()
+
+    @torch.no_grad()
+    def _training_inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Images, labels and masks to train on: the batch's, plus synthetic anomalies when enabled.
+
+        Synthesis runs on the pre-processed batch (after every augmentation and the resize), so masks are made at
+        the model's input resolution and need no re-alignment; untouched pixels keep their exact values.
+        """
+        if self.synthesis is None:
+            return batch.image, batch.gt_label, batch.gt_mask
+        images = batch.image
+        foreground = attention_foreground(
+            self.model.backbone.class_attention(images, self.attention_layer), tuple(images.shape[-2:])
+        )
+        mean, std = _normalisation(self.pre_processor, images)
+        synthetic, masks, labels = self.synthesis(images * std + mean, foreground, batch.gt_label)
+        images = torch.where(masks.bool().unsqueeze(1), (synthetic - mean) / std, images)
+        if batch.gt_mask is not None:
+            masks = torch.maximum(masks, (batch.gt_mask > 0.5).to(masks.dtype))
+        return images, labels, masks
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> Batch:
         """Score the batch with per-image class names where the data layout gives them.
@@ -364,6 +444,32 @@ def _check_training_arguments(warmup_ratio: float, stage_patience: int, stage1_m
     if stage1_max_epochs is not None and stage1_max_epochs < 1:
         msg = f"stage1_max_epochs={stage1_max_epochs} must be >= 1 or None."
         raise ValueError(msg)
+
+
+def _attention_layer(layer: int | None, backbone: str) -> int:
+    """The block whose class-token attention finds the object: as given, or the middle one."""
+    depth = vision_depth(backbone)
+    chosen = max(depth // 2, 1) if layer is None else layer
+    if not 1 <= chosen <= depth:
+        msg = f"attention_layer={layer} must be a 1-indexed block within 1..{depth} of {backbone!r}."
+        raise ValueError(msg)
+    return chosen
+
+
+def _normalisation(pre_processor: PreProcessor | None, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std ``(1, 3, 1, 1)`` of the pre-processor's ``Normalize`` (identity without one).
+
+    Anomalies are blended in pixel space, so the normalised training batch is mapped back to ``[0, 1]`` first.
+    """
+    transforms: list[Transform] = []
+    transform = getattr(pre_processor, "transform", None)
+    if transform is not None:
+        transforms = list(getattr(transform, "transforms", [transform]))
+    normalize = next((t for t in transforms if isinstance(t, Normalize)), None)
+    mean = normalize.mean if normalize is not None else [0.0] * 3
+    std = normalize.std if normalize is not None else [1.0] * 3
+    shape = (1, -1, 1, 1)
+    return images.new_tensor(mean).view(shape), images.new_tensor(std).view(shape)
 
 
 def warmup_cosine(total_steps: int, warmup_ratio: float) -> Any:  # noqa: ANN401 - a LambdaLR factor function

@@ -62,6 +62,9 @@ logger = logging.getLogger(__name__)
 #: Dataset layouts :class:`AuxiliaryTrain` can read.
 SUPPORTED_FORMATS: tuple[str, ...] = ("mvtec", "visa", "folder")
 
+#: What :class:`AuxiliaryTrain` trains on: the labelled test split, the normal train split, or both.
+TRAIN_SPLITS: tuple[str, ...] = ("test", "train", "both")
+
 _SPLIT_FOLDERS = frozenset({"train", "test", "ground_truth"})
 _VISA_SPLIT_FOLDER = "visa_pytorch"  # where anomalib's Visa datamodule writes its converted layout
 _DEMO_HINT = (
@@ -199,6 +202,19 @@ def _test_dataset(root: Path, category: str, dataset_format: str, role: str) -> 
     return _folder_test_dataset(folder)
 
 
+def _normal_train_dataset(root: Path, category: str, dataset_format: str) -> AnomalibDataset:
+    """The normal-only train split of one source category (for synthetic anomalies)."""
+    folder = _dataset_root(root, dataset_format) / category
+    if not (folder / "train").is_dir():
+        msg = f"train_split='train'/'both' needs the train split of source category '{category}': '{folder / 'train'}'."
+        raise FileNotFoundError(msg)
+    if dataset_format == "mvtec":
+        return MVTecADDataset(root=root, category=category, split=Split.TRAIN)
+    if dataset_format == "visa":
+        return VisaDataset(root=folder.parent, category=category, split=Split.TRAIN)
+    return FolderDataset(name=category, normal_dir=folder / "train" / "good", split=Split.TRAIN)
+
+
 def _concatenate(datasets: Sequence[AnomalibDataset]) -> AnomalibDataset:
     """Join datasets with anomalib's ``+`` and keep the task a model will see.
 
@@ -265,6 +281,10 @@ class AuxiliaryTrain(AnomalibDataModule):
         test_augmentations: Augmentations for test images.
         augmentations: Fallback for any split without its own augmentations.
         seed: Seed of the held-out split; ``None`` draws a new split every run.
+        train_split: Source images trained on: ``"test"`` (the labelled test split minus the held-out part, as
+            in the paper), ``"train"`` (the normal-only train split: human-free training, needs
+            ``BayesPFL(synthetic_anomalies=True)``) or ``"both"`` (real and synthetic anomalies mixed).
+            Validation always uses the held-out part of the test split.
 
     Raises:
         ValueError: If ``val_ratio`` is outside ``(0, 1)``, a format is unknown, a category list is
@@ -299,6 +319,7 @@ class AuxiliaryTrain(AnomalibDataModule):
         test_augmentations: Transform | None = None,
         augmentations: Transform | None = None,
         seed: int | None = 0,
+        train_split: str = "test",
     ) -> None:
         if not 0.0 < float(val_ratio) < 1.0:
             msg = f"val_ratio={val_ratio} must lie strictly between 0 and 1 (e.g. 0.1 holds out 10% per group)."
@@ -329,6 +350,10 @@ class AuxiliaryTrain(AnomalibDataModule):
             target_root = source_root
         self.target_root = Path(target_root) if target_root is not None else None
         self.val_ratio = float(val_ratio)
+        if train_split not in TRAIN_SPLITS:
+            msg = f"train_split={train_split!r} must be one of {list(TRAIN_SPLITS)}."
+            raise ValueError(msg)
+        self.train_split = train_split
 
     @property
     def category(self) -> str:
@@ -363,8 +388,11 @@ class AuxiliaryTrain(AnomalibDataModule):
         for category in self.source_categories:
             dataset = _test_dataset(self.source_root, category, self.source_format, "source")
             train_part, val_part = _stratified_holdout(dataset, self.val_ratio, _category_rng(self.seed, category))
-            train_parts.append(train_part)
             val_parts.append(val_part)
+            if self.train_split in {"test", "both"}:
+                train_parts.append(train_part)
+            if self.train_split in {"train", "both"}:
+                train_parts.append(_normal_train_dataset(self.source_root, category, self.source_format))
         self.train_data = _concatenate(train_parts)
         self.val_data = _concatenate(val_parts)
         if self.target_root is None:

@@ -1,0 +1,186 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: MIT
+
+"""Object-attention anomaly generation (OAGM, human-free prompting paper).
+
+Turns normal images into training anomalies with pixel masks, so Bayes-PFL can learn from data nobody labelled.
+Shapes and textures come from anomalib's :class:`~anomalib.data.utils.generators.perlin.PerlinAnomalyGenerator`
+(thresholded, rotated Perlin noise; its augmentation chain for the texture). What OAGM adds is *where*: the
+anomaly is cut to the object, found by the frozen CLIP's own class-token attention in a middle block, so the
+prompts do not learn that background changes are defects. When that attention is flat (textures: carpet, wood,
+...), the whole image is the object.
+
+Texture sources that work offline: Perlin noise (anomalib's default), the image itself (a shifted, flipped and
+re-coloured copy: self cut-and-paste) and, when given, a folder of texture images (e.g. a local copy of DTD).
+
+The paper's body could not be read; the attention layer, threshold, dilation and sources are our reconstruction
+of "object-attention anomaly generation" on the DRAEM recipe it names.
+
+Paper:
+    Chen et al., "Human-Free Automated Prompting for Vision-Language Anomaly Detection: Prompt Optimization with
+    Meta-guiding Prompt Scheme", arXiv 2406.18197.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from anomalib.data.utils import read_image
+from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
+from torch import nn
+from torchvision.transforms.v2.functional import resize
+
+SOURCES = ("noise", "self", "folder")
+"""Texture sources: Perlin noise, the image itself, images of ``anomaly_source_path``."""
+
+
+def attention_foreground(
+    attention: torch.Tensor,
+    size: tuple[int, int],
+    threshold_std: float = 0.5,
+    dilation: int = 1,
+    flat_ratio: float = 0.25,
+) -> torch.Tensor:
+    """Binary object masks from class-token attention maps.
+
+    A patch is foreground when its attention is at least ``mean + threshold_std * std`` of its image; the mask
+    is dilated by ``dilation`` patches (the attention peaks inside objects, their rims matter too) and upsampled
+    to ``size``. An image whose attention is flat (``std / mean < flat_ratio``: a texture, or no object the
+    model singles out) is foreground everywhere. The few outlier tokens ViTs are known for are clipped at the
+    98th percentile first, so they neither fake an object nor hide one.
+
+    Args:
+        attention (torch.Tensor): Attention on the patch grid ``(N, rows, columns)``.
+        size (tuple[int, int]): Output ``(height, width)``.
+        threshold_std (float): Standard deviations above the mean that count as object. Defaults to ``0.5``.
+        dilation (int): Dilation in patches. Defaults to ``1``.
+        flat_ratio (float): Relative spread below which the whole image is foreground. Defaults to ``0.25``.
+
+    Returns:
+        torch.Tensor: Boolean masks ``(N, height, width)``.
+
+    Example:
+        >>> attention = torch.full((1, 4, 4), 0.01)
+        >>> attention[0, 1, 1] = 0.5
+        >>> attention_foreground(attention, (4, 4), dilation=0)[0].sum().item()
+        1
+        >>> attention_foreground(torch.full((1, 4, 4), 0.06), (8, 8)).all().item()  # flat: all foreground
+        True
+    """
+    flat = attention.flatten(1).float()
+    flat = torch.minimum(flat, torch.quantile(flat, 0.98, dim=1, keepdim=True))
+    mean, std = flat.mean(dim=1, keepdim=True), flat.std(dim=1, keepdim=True).nan_to_num(0.0)
+    foreground = (flat >= mean + threshold_std * std) | (std < flat_ratio * mean.abs())
+    foreground = foreground.view(attention.shape).unsqueeze(1).float()
+    if dilation > 0:
+        foreground = F.max_pool2d(foreground, 2 * dilation + 1, stride=1, padding=dilation)
+    return F.interpolate(foreground, size=size, mode="nearest").squeeze(1) > 0.5
+
+
+class ObjectAttentionAnomalyGenerator(nn.Module):
+    """Perlin anomalies restricted to the object, with noise, self and folder textures.
+
+    Args:
+        probability (float): Chance that a normal image becomes anomalous. Defaults to ``0.5``.
+        blend_factor (tuple[float, float]): Range of the texture's opacity. Defaults to ``(0.2, 1.0)``.
+        anomaly_source_path (str | Path | None): Folder of texture images (searched recursively); adds the
+            ``"folder"`` source. Defaults to ``None``.
+        min_area (float): Smallest anomaly, as a fraction of the image; smaller draws are retried.
+            Defaults to ``0.005``.
+        max_tries (int): Draws per image before it is left normal (e.g. when its object is tiny).
+            Defaults to ``10``.
+
+    Example:
+        >>> generator = ObjectAttentionAnomalyGenerator(probability=1.0)
+        >>> images, foreground = torch.rand(2, 3, 32, 32), torch.ones(2, 32, 32, dtype=torch.bool)
+        >>> new_images, masks, labels = generator(images, foreground, torch.zeros(2))
+        >>> masks.shape, bool(((new_images != images).any(1) <= masks.bool()).all())
+        (torch.Size([2, 32, 32]), True)
+    """
+
+    def __init__(
+        self,
+        probability: float = 0.5,
+        blend_factor: tuple[float, float] = (0.2, 1.0),
+        anomaly_source_path: str | Path | None = None,
+        min_area: float = 0.005,
+        max_tries: int = 10,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= probability <= 1.0:
+            msg = f"synthesis probability={probability} must lie in [0, 1]."
+            raise ValueError(msg)
+        low, high = blend_factor
+        if not 0.0 < low <= high <= 1.0:
+            msg = f"blend_factor={blend_factor} must satisfy 0 < low <= high <= 1."
+            raise ValueError(msg)
+        if anomaly_source_path is not None and not Path(anomaly_source_path).is_dir():
+            msg = f"anomaly_source_path '{anomaly_source_path}' is not a folder; give a folder of texture images."
+            raise FileNotFoundError(msg)
+        self.perlin = PerlinAnomalyGenerator(anomaly_source_path, probability=1.0, blend_factor=blend_factor)
+        if anomaly_source_path is not None and not self.perlin.anomaly_source_paths:
+            msg = f"anomaly_source_path '{anomaly_source_path}' holds no images (png, jpg, ...)."
+            raise FileNotFoundError(msg)
+        self.sources = SOURCES if anomaly_source_path is not None else SOURCES[:2]
+        self.probability, self.blend_factor = probability, (low, high)
+        self.min_area, self.max_tries = min_area, max_tries
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        foreground: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Add anomalies to a share of the normal images.
+
+        Args:
+            images (torch.Tensor): Images in ``[0, 1]``, ``(N, 3, H, W)``, at the model's input resolution (after
+                every geometric augmentation, so masks need no re-alignment).
+            foreground (torch.Tensor): Object masks ``(N, H, W)``; anomalies never leave them.
+            labels (torch.Tensor): Labels ``(N,)``; anomalous images are left as they are.
+
+        Returns:
+            tuple[torch.Tensor, torch.Tensor, torch.Tensor]: Images, binary masks ``(N, H, W)`` of the added
+            anomalies (zero where none was added) and labels (1 exactly where an anomaly was added, or was there).
+        """
+        images, masks = images.clone(), torch.zeros_like(images[:, 0])
+        chosen = (labels == 0) & (torch.rand(len(images), device=images.device) < self.probability)
+        for index in chosen.nonzero().flatten().tolist():
+            drawn = self._draw(images[index], foreground[index])
+            if drawn is not None:
+                images[index], masks[index] = drawn
+        return images, masks, torch.where(masks.flatten(1).any(1), torch.ones_like(labels), labels)
+
+    def _draw(self, image: torch.Tensor, foreground: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """One anomaly on one image, or ``None`` when no draw covers ``min_area`` of the image inside the object."""
+        height, width = image.shape[-2:]
+        for _ in range(self.max_tries):
+            noise_texture, mask = self.perlin.generate_perturbation(height, width, image.device)
+            mask = mask[..., 0] * foreground
+            if mask.mean() < self.min_area:
+                continue
+            texture = self._texture(image, noise_texture.permute(2, 0, 1))
+            beta = torch.empty(()).uniform_(*self.blend_factor).item()
+            blended = image * (1 - mask) + (beta * texture + (1 - beta) * image) * mask
+            return blended.clamp(0.0, 1.0), mask
+        return None
+
+    def _texture(self, image: torch.Tensor, noise_texture: torch.Tensor) -> torch.Tensor:
+        """The anomaly's texture from a randomly chosen source, at the image's size, in ``[0, 1]``."""
+        source = self.sources[int(torch.randint(len(self.sources), (1,)))]
+        if source == "noise":
+            return noise_texture
+        if source == "self":  # the image's own material, moved and flipped
+            height, width = image.shape[-2:]
+            shift = (
+                int(torch.randint(height // 4, height - height // 4 + 1, (1,))),
+                int(torch.randint(width // 4, width - width // 4 + 1, (1,))),
+            )
+            material = torch.roll(image, shifts=shift, dims=(-2, -1)).flip(-1)
+        else:
+            files = self.perlin.anomaly_source_paths
+            material = read_image(files[int(torch.randint(len(files), (1,)))], as_tensor=True).to(image)
+            material = resize(material, list(image.shape[-2:]), antialias=True)
+        return self.perlin.augmenters(material).clamp(0.0, 1.0)
