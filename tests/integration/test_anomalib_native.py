@@ -28,6 +28,11 @@ TINY_CLI = [
     "--model.feature_layers", "[1, 2]", "--model.gaussian_sigma", "1.0", "--model.top_k", "20",
     "--model.num_samples", "2",
 ]  # fmt: skip
+HUMAN_FREE_CLI = [
+    "--model.synthetic_anomalies", "true", "--model.meta_guidance", "true", "--model.locality_window", "3",
+    "--model.locality_layers", "[2]",
+]  # fmt: skip
+"""All three options of the second paper; the window sits in block 2, which is tapped, so it changes the maps."""
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 """OpenVINO runs bf16 by default on CPUs that support it; compare in f32."""
 
@@ -104,9 +109,22 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path) -
     return next(root_dir.rglob("weights/lightning/model.ckpt"))
 
 
-def _export(checkpoint: Path, export_type: str, root: Path) -> Path:
+@pytest.fixture(scope="module")
+def human_free_checkpoint(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path) -> Path:
+    """`anomalib train --model BayesPFL --data MVTecAD`: normal-only train split, synthetic anomalies, all options."""
+    root_dir = tmp_path_factory.mktemp("cli-human-free")
     _run(
-        ANOMALIB, "export", *TINY_CLI, "--model.pretrained", "null", "--export_type", export_type,
+        ANOMALIB, "train", *TINY_CLI, *HUMAN_FREE_CLI, "--model.pretrained", "null",
+        "--model.stage1_max_epochs", "1", "--data", "MVTecAD", "--data.root", str(synthetic_root),
+        "--data.category", "disc", "--data.num_workers", "0", "--trainer.max_epochs", "2",
+        "--trainer.enable_progress_bar", "false", "--default_root_dir", str(root_dir),
+    )  # fmt: skip
+    return next(root_dir.rglob("weights/lightning/model.ckpt"))
+
+
+def _export(checkpoint: Path, export_type: str, root: Path, *model_args: str) -> Path:
+    _run(
+        ANOMALIB, "export", *TINY_CLI, *model_args, "--model.pretrained", "null", "--export_type", export_type,
         "--ckpt_path", str(checkpoint), "--input_size", "[64, 64]", "--export_root", str(root),
     )  # fmt: skip
     return next((root / "weights" / export_type).glob("model.*"))
@@ -123,14 +141,25 @@ def _eager(checkpoint: Path, image: Path) -> tuple[float, np.ndarray]:
     return float(output.pred_score.flatten()[0]), output.anomaly_map.squeeze().numpy()
 
 
+@pytest.mark.parametrize(("trained", "model_args"), [("checkpoint", []), ("human_free_checkpoint", HUMAN_FREE_CLI)])
 def test_openvino_export_matches_eager(
-    checkpoint: Path, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    trained: str,
+    model_args: list[str],
+    request: pytest.FixtureRequest,
+    synthetic_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """OpenVINO (f32) predictions on image files match the eager model after post-processing within 1e-3."""
+    """OpenVINO (f32) predictions on image files match the eager model after post-processing within 1e-3.
+
+    Also for a model trained human-free with locality-aware attention (its mask is part of the exported graph).
+    """
     from anomalib.deploy import OpenVINOInferencer
 
+    checkpoint = request.getfixturevalue(trained)
     monkeypatch.chdir(tmp_path)  # the inferencer writes ./openvino_cache
-    inferencer = OpenVINOInferencer(_export(checkpoint, "openvino", tmp_path), device="CPU", config=F32)
+    exported = _export(checkpoint, "openvino", tmp_path, *model_args)
+    inferencer = OpenVINOInferencer(exported, device="CPU", config=F32)
     for image in sorted((synthetic_root / "grain" / "test").rglob("00[0-1].png")):
         prediction = inferencer.predict(image)
         score, anomaly_map = _eager(checkpoint, image)
