@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import inspect
 from pathlib import Path
 
 import pytest
@@ -26,12 +27,25 @@ def test_demo_runs_offline(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["bayes_pfl.yaml", "train_visa_test_mvtec.yaml", "train_mvtec_test_visa.yaml", "demo.yaml"]
+    "name",
+    [
+        "bayes_pfl.yaml",
+        "train_visa_test_mvtec.yaml",
+        "train_mvtec_test_visa.yaml",
+        "human_free_visa_test_mvtec.yaml",
+        "demo.yaml",
+    ],
 )
 def test_configs_name_our_classes(name: str) -> None:
-    """Every config uses the full class path, which the stock anomalib CLI accepts."""
+    """Every config uses the full class path, which the stock anomalib CLI accepts, and only real arguments."""
+    import anomalib_bayes_pfl
+
     config = yaml.safe_load((CONFIGS / name).read_text())
     assert config["model"]["class_path"] == "anomalib_bayes_pfl.BayesPFL"
+    for section in ("model", "data"):
+        if section in config:
+            cls = getattr(anomalib_bayes_pfl, config[section]["class_path"].rsplit(".", 1)[1])
+            assert set(config[section].get("init_args", {})) <= set(inspect.signature(cls).parameters)
 
 
 def test_anomalib_cli_trains_the_demo_config(tmp_path: Path, synthetic_root: Path) -> None:

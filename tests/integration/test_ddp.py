@@ -15,6 +15,10 @@ launchers are covered:
   what catches module-level state and unpicklable attributes;
 * ``popen`` (the default ``ddp``): the script is re-run per rank, as on a multi-GPU machine or across nodes.
 
+The ``popen`` run also switches on the three options of the human-free paper (synthetic anomalies, meta guidance,
+locality-aware attention): meta guidance computes a second gradient outside DDP's reducer, which must be averaged
+across ranks for the ranks to stay identical.
+
 Each rank writes its weights before and after training, its own losses and images, and the trainer's final
 metrics; the tests below compare the two ranks. Both ranks are seeded alike, so the weights could only agree
 without gradient synchronisation if the ranks saw the same data: a test checks they did not.
@@ -45,6 +49,12 @@ RUN_TIMEOUT_S = 300
 """Generous limit for one two-rank run (about 20 s on two cores); the script's own collective timeout is 120 s."""
 
 SEED = 0
+
+LAUNCHER_OPTIONS = {
+    "spawn": {},
+    "popen": {"synthetic_anomalies": True, "meta_guidance": True, "locality_window": 3, "locality_layers": [4]},
+}
+"""Model options per launcher run: the plain model, and the human-free options."""
 
 STAGE1_PREFIXES = (
     "prompt_bank.",
@@ -123,7 +133,8 @@ def ddp_run(
         "seed": SEED,
         "start_method": start_method,
         "root": str(synthetic_root),
-        "model": {key: list(value) if isinstance(value, tuple) else value for key, value in tiny_kwargs.items()},
+        "model": {key: list(value) if isinstance(value, tuple) else value for key, value in tiny_kwargs.items()}
+        | LAUNCHER_OPTIONS[start_method],
     }
     config_file = out_dir / "config.json"
     config_file.write_text(json.dumps(config))
