@@ -298,7 +298,9 @@ class BayesPFL(AnomalibModule):
             self.model.set_class_name(category)
 
     def on_train_start(self) -> None:
-        """Refuse normal-only training data unless anomalies are synthesised: nothing could be learned from it."""
+        """Refuse normal-only training data unless anomalies are synthesised, and a missing texture folder."""
+        if self.synthesis is not None:
+            self.synthesis.check_sources()
         samples = getattr(getattr(self.trainer.datamodule, "train_data", None), "samples", None)
         normal_only = samples is not None and "label_index" in samples and not samples.label_index.any()
         if self.synthesis is None and normal_only:

@@ -116,16 +116,28 @@ class ObjectAttentionAnomalyGenerator(nn.Module):
         if not 0.0 < low <= high <= 1.0:
             msg = f"blend_factor={blend_factor} must satisfy 0 < low <= high <= 1."
             raise ValueError(msg)
-        if anomaly_source_path is not None and not Path(anomaly_source_path).is_dir():
-            msg = f"anomaly_source_path '{anomaly_source_path}' is not a folder; give a folder of texture images."
-            raise FileNotFoundError(msg)
+        self.anomaly_source_path = anomaly_source_path
         self.perlin = PerlinAnomalyGenerator(anomaly_source_path, probability=1.0, blend_factor=blend_factor)
-        if anomaly_source_path is not None and not self.perlin.anomaly_source_paths:
-            msg = f"anomaly_source_path '{anomaly_source_path}' holds no images (png, jpg, ...)."
-            raise FileNotFoundError(msg)
         self.sources = SOURCES if anomaly_source_path is not None else SOURCES[:2]
         self.probability, self.blend_factor = probability, (low, high)
         self.min_area, self.max_tries = min_area, max_tries
+
+    def check_sources(self) -> None:
+        """Fail clearly when the texture folder is missing or empty.
+
+        Called when training starts rather than at construction, so that a trained model whose checkpoint names a
+        texture folder still loads for inference on a machine without that folder.
+
+        Raises:
+            FileNotFoundError: If ``anomaly_source_path`` is not a folder or holds no images.
+        """
+        path = self.anomaly_source_path
+        if path is not None and not Path(path).is_dir():
+            msg = f"anomaly_source_path '{path}' is not a folder; give a folder of texture images (or null)."
+            raise FileNotFoundError(msg)
+        if path is not None and not self.perlin.anomaly_source_paths:
+            msg = f"anomaly_source_path '{path}' holds no images (png, jpg, ...); add textures or set it to null."
+            raise FileNotFoundError(msg)
 
     def forward(
         self,

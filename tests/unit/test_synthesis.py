@@ -109,7 +109,8 @@ class TestGenerator:
 
     @staticmethod
     def test_texture_folder_source(tmp_path: Path) -> None:
-        """A user's texture folder is a third source; a missing or empty folder is a clear error."""
+        """A user's texture folder is a third source; a missing or empty folder is a clear error when training starts
+        (not at construction: a checkpoint naming a folder must still load for inference elsewhere)."""
         rng = np.random.default_rng(0)
         Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / "texture.png")
         generator = ObjectAttentionAnomalyGenerator(probability=1.0, anomaly_source_path=tmp_path)
@@ -117,11 +118,12 @@ class TestGenerator:
         images, foreground = torch.rand(6, 3, 32, 32), torch.ones(6, 32, 32, dtype=torch.bool)
         out, masks, _ = generator(images, foreground, torch.zeros(6))
         _check_synthesis(images, out, masks, foreground)
+        generator.check_sources()
         with pytest.raises(FileNotFoundError, match="not a folder"):
-            ObjectAttentionAnomalyGenerator(anomaly_source_path=tmp_path / "missing")
+            ObjectAttentionAnomalyGenerator(anomaly_source_path=tmp_path / "missing").check_sources()
         (tmp_path / "empty").mkdir()
         with pytest.raises(FileNotFoundError, match="holds no images"):
-            ObjectAttentionAnomalyGenerator(anomaly_source_path=tmp_path / "empty")
+            ObjectAttentionAnomalyGenerator(anomaly_source_path=tmp_path / "empty").check_sources()
 
     @staticmethod
     @pytest.mark.parametrize(
@@ -164,11 +166,20 @@ def test_training_inputs_stay_aligned_through_augmentation(synthetic_root: Path,
     assert (masks[~real].bool() <= foreground[~real]).all()
 
 
-def test_normal_only_data_needs_synthesis(synthetic_root: Path, tiny_kwargs: dict, tmp_path: Path) -> None:
-    """Training on a normal-only split without synthetic anomalies stops at once with the fix in the message."""
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({}, ValueError, "synthetic_anomalies=True"),
+        ({"synthetic_anomalies": True, "anomaly_source_path": "no/such/textures"}, FileNotFoundError, "not a folder"),
+    ],
+)
+def test_training_start_checks(
+    options: dict, error: type, match: str, synthetic_root: Path, tiny_kwargs: dict, tmp_path: Path
+) -> None:
+    """A normal-only split without synthesis, or a missing texture folder, stops training at once with the fix."""
     from anomalib.engine import Engine
 
     datamodule = AuxiliaryTrain(synthetic_root, ["disc"], train_split="train", num_workers=0)
     engine = Engine(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
-    with pytest.raises(ValueError, match="synthetic_anomalies=True"):
-        engine.fit(BayesPFL(**tiny_kwargs), datamodule=datamodule)
+    with pytest.raises(error, match=match):
+        engine.fit(BayesPFL(**tiny_kwargs, **options), datamodule=datamodule)
