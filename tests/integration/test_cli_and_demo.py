@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
-import inspect
 from pathlib import Path
 
 import pytest
