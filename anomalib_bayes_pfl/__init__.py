@@ -21,11 +21,14 @@ from typing import Any
 
 _EXPORTS = {
     "AuxiliaryTrain": ".data",
+    "BadImageError": ".images",
     "BayesPFL": ".lightning_model",
     "BayesPFLModel": ".torch_model",
+    "SafePredictFolder": ".data",
     "category_from_path": ".data",
     "generate_synthetic_dataset": ".data",
     "load_prompt_weights": ".checkpoints",
+    "read_rgb": ".images",
     "save_prompt_weights": ".checkpoints",
 }
 

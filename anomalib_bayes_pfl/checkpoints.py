@@ -46,6 +46,18 @@ def save_prompt_weights(model: nn.Module, path: str | Path) -> Path:
     return path
 
 
+UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+"""How ``torch.load(weights_only=True)`` names the code object a pickle wanted to call."""
+
+
+def _unpickling_reason(error: Exception) -> str:
+    """One line on why a file did not load: the refused global of a crafted pickle, else the error's first line."""
+    unsafe = UNSAFE_GLOBAL.search(str(error))
+    if unsafe:
+        return f"it refers to {unsafe.group(1)}, which is not weights; refused without running it"
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint safely, with errors that name the file and the fix."""
     path = Path(path)
@@ -55,7 +67,7 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = _unpickling_reason(error)
         msg = (
             f"Could not read {path} as safe weights ({reason}). Only tensors and plain data are loaded; "
             "pass a checkpoint written by BayesPFL or anomalib-bayes-pfl."

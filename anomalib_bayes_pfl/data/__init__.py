@@ -9,9 +9,11 @@
   without downloads; anomalib's stock ``MVTecAD`` datamodule reads it as is.
 * :func:`category_from_path` recovers an image's category from its path, which mixed-category batches
   need to pick the right text prompt.
+* :class:`SafePredictFolder` predicts a folder of production images, reporting and skipping bad files.
 """
 
 from .auxiliary import SUPPORTED_FORMATS, AuxiliaryTrain, category_from_path
+from .predict import SafePredictDataset, SafePredictFolder, SkippedImage, scan_images
 from .synthetic import AVAILABLE_CATEGORIES, DEFAULT_CATEGORIES, defect_types, generate_synthetic_dataset
 
 __all__ = [
@@ -19,7 +21,11 @@ __all__ = [
     "DEFAULT_CATEGORIES",
     "SUPPORTED_FORMATS",
     "AuxiliaryTrain",
+    "SafePredictDataset",
+    "SafePredictFolder",
+    "SkippedImage",
     "category_from_path",
     "defect_types",
     "generate_synthetic_dataset",
+    "scan_images",
 ]
