@@ -121,18 +121,36 @@ class PromptBank(nn.Module):
         return torch.cat([context, states], dim=-2)
 
 
+def check_class_names(names: Sequence[str]) -> list[str]:
+    """Clean each name, refusing empty ones: a prompt without the object's name would be silently wrong.
+
+    Example:
+        >>> check_class_names(["Metal_Nut"])
+        ['metal nut']
+    """
+    cleaned = [clean_class_name(name) for name in names]
+    if not all(name.strip() for name in cleaned):
+        msg = (
+            f"Empty class name in {list(names)}: the prompts need the object's name (e.g. 'bottle'). Pass "
+            "class_name, or use a datamodule whose category (or category folder) names the object."
+        )
+        raise ValueError(msg)
+    return cleaned
+
+
 def tokenize_class_names(
     names: Sequence[str],
     context_length: int,
     num_learned_tokens: int,
 ) -> tuple[torch.Tensor, int]:
-    """Tokenise ``"X <name>"`` for each name, checking that the prompt still fits the context.
+    """Tokenise ``"X <name>"`` for each name, checking that no name is empty and that the prompt fits the context.
 
     Returns:
         tuple[torch.Tensor, int]: Token ids ``(len(names), context_length)`` and the longest end-of-text
         position as a Python number (what :func:`inject_prompts` cuts at).
     """
-    tokens = tokenize([TEMPLATE.format(clean_class_name(name)) for name in names], context_length=context_length)
+    cleaned = check_class_names(names)
+    tokens = tokenize([TEMPLATE.format(name) for name in cleaned], context_length=context_length)
     longest_eos = int(tokens.argmax(dim=-1).max())
     if longest_eos + num_learned_tokens > context_length:
         msg = (

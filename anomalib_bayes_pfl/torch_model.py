@@ -28,7 +28,7 @@ from .anomaly_map import AnomalyMapGenerator
 from .backbone import ClipBackbone
 from .image_branch import ImageBranch
 from .prompt_flow import PromptFlow
-from .prompting import PromptBank, inject_prompts, tokenize_class_names
+from .prompting import PromptBank, check_class_names, inject_prompts, tokenize_class_names
 from .rca import ResidualCrossModalAttention
 
 INITIAL_TEMPERATURE = math.log(1 / 0.07)
@@ -103,6 +103,7 @@ class BayesPFLModel(nn.Module):
             num_flows=num_flows,
             num_samples=num_samples,
         )
+        check_class_names([class_name])
         self.anomaly_map = AnomalyMapGenerator(image_size, gaussian_sigma, score_alpha, top_k)
         self.backbone = ClipBackbone(
             backbone, pretrained, image_size, tuple(feature_layers), activation, locality_window, locality_layers
