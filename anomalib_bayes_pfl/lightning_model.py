@@ -52,6 +52,7 @@ from .checkpoints import head_state_dict, load_prompt_weights
 from .data import category_from_path
 from .loss import BayesPFLLoss
 from .meta_guidance import MetaGuidance
+from .resume import StepSeeding
 from .synthesis import ObjectAttentionAnomalyGenerator, attention_foreground
 from .torch_model import DEFAULT_CLASS_NAME, BayesPFLModel
 
@@ -191,7 +192,7 @@ class BayesPFL(AnomalibModule):
             num_flows=num_flows,
             num_samples=num_samples,
             eval_seed=eval_seed,
-            class_name=class_name or DEFAULT_CLASS_NAME,
+            class_name=DEFAULT_CLASS_NAME if class_name is None else class_name,
             gaussian_sigma=gaussian_sigma,
             score_alpha=score_alpha,
             top_k=top_k,
@@ -255,11 +256,15 @@ class BayesPFL(AnomalibModule):
         return ImageVisualizer(fields=["image", "gt_mask", "anomaly_map"], overlay_fields=[("image", ["anomaly_map"])])
 
     def configure_callbacks(self) -> Sequence[Callback]:
-        """In training, keep the best checkpoint by source validation, plus the last one for resuming.
+        """In training, seed every step and keep the best checkpoint by source validation plus the last one.
 
-        Added only when the trainer checkpoints at all (``enable_checkpointing=False`` is honoured).
+        Step seeding (from the run's seed and the step) makes a resumed run draw what an uninterrupted one would.
+        The checkpoint callback is added only when the trainer checkpoints at all (``enable_checkpointing=False``
+        is honoured).
         """
         callbacks = list(super().configure_callbacks())
+        if not self.zero_shot:
+            callbacks.append(StepSeeding())
         checkpointing = self._trainer is not None and self.trainer.checkpoint_callback is not None
         if not self.zero_shot and checkpointing:
             callbacks.append(
@@ -294,7 +299,7 @@ class BayesPFL(AnomalibModule):
         if not self.zero_shot or self.hparams.class_name is not None or self._trainer is None:
             return
         category = getattr(self.trainer.datamodule, "category", None)
-        if isinstance(category, str):
+        if isinstance(category, str) and category.strip():
             self.model.set_class_name(category)
 
     def on_train_start(self) -> None:

@@ -51,8 +51,10 @@ from anomalib.data.datamodules.base.image import AnomalibDataModule
 from anomalib.data.datasets import FolderDataset, MVTecADDataset, VisaDataset
 from anomalib.data.datasets.base.image import AnomalibDataset
 from anomalib.data.utils import Split, TestSplitMode, ValSplitMode
+from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Transform
 
+from ..resume import EpochShuffleSampler
 from .synthetic import DEFAULT_CATEGORIES
 
 __all__ = ["SUPPORTED_FORMATS", "AuxiliaryTrain", "category_from_path"]
@@ -401,6 +403,16 @@ class AuxiliaryTrain(AnomalibDataModule):
         root, dataset_format = self.target_root, self.target_format
         targets = [_test_dataset(root, name, dataset_format, "target") for name in self.target_categories]
         self.test_data = _concatenate(targets)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffle from ``seed`` and the epoch alone, so a resumed run sees the batches an uninterrupted one would."""
+        return DataLoader(
+            self.train_data,
+            sampler=EpochShuffleSampler(len(self.train_data), self.seed),
+            batch_size=self.train_batch_size,
+            num_workers=self.num_workers,
+            collate_fn=self.external_collate_fn or self.train_data.collate_fn,
+        )
 
     def _create_test_split(self) -> None:
         """Keep the test split from ``_setup`` as it is.

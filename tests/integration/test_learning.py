@@ -2,9 +2,11 @@
 
 Setting: the tiny random-weight CLIP at 128 px (a 16 x 16 patch grid; the 64 px images are upsampled by the
 pre-processor), 600 stage-1 steps then 100 stage-2 steps of batch 8, lr 1e-3 for encoders, RCA and mappings and the
-reference's other groups. Measured on 2 cores (about 40 s): held-out image AUROC 0.48 -> 0.73 and pixel AUROC
-0.45 -> 0.82 with seed 0; in a scratch run, seeds 1 and 2 gave 0.75 / 0.83 and 0.72 / 0.79. Random CLIP weights
-carry no semantics, so the bars check that the method learns from masks, not how well it transfers to unseen categories.
+reference's other groups. Measured on 2 cores (about 40 s), with AuxiliaryTrain's seeded per-epoch order: held-out
+image AUROC 0.48 -> 0.71 and pixel AUROC 0.45 -> 0.75 with seed 0; seeds 1 and 2 gave 0.67 / 0.80 and 0.75 / 0.84
+(before that sampler, seeds 0-2 gave 0.72-0.75 / 0.79-0.83: the bars leave room for the batch order). Random CLIP
+weights carry no semantics, so the bars check that the method learns from masks, not how well it transfers to unseen
+categories.
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ pytestmark = pytest.mark.integration
 
 STAGE1_STEPS, STAGE2_STEPS = 600, 100
 IMAGE_SIZE = 128
-IMAGE_AUROC_BAR = 0.68
-"""Held-out image AUROC after training; measured 0.73 (chance: 0.5)."""
-PIXEL_AUROC_BAR = 0.75
-"""Held-out pixel AUROC after training; measured 0.82."""
+IMAGE_AUROC_BAR = 0.64
+"""Held-out image AUROC after training; measured 0.67-0.75 over seeds 0-2 (chance: 0.5)."""
+PIXEL_AUROC_BAR = 0.70
+"""Held-out pixel AUROC after training; measured 0.75-0.84 over seeds 0-2."""
 CATEGORIES = ["disc", "square", "stripes", "checker"]
 
 
