@@ -49,7 +49,7 @@ def _model(kwargs: dict) -> BayesPFL:
 
 
 def _fit(model: BayesPFL, root: Path, data_root: Path, *callbacks: Callback, ckpt_path: Path | None = None) -> None:
-    """Tiny training run of EPOCHS epochs (StepSeeding is what BayesPFL adds itself in training mode)."""
+    """Tiny training run of EPOCHS epochs; the model adds its own step seeding (nothing extra is passed here)."""
     warnings.filterwarnings("ignore")
     datamodule = AuxiliaryTrain(
         data_root, ["disc", "stripes"], target_root=data_root, target_categories=["ring"], train_batch_size=4,
@@ -57,7 +57,7 @@ def _fit(model: BayesPFL, root: Path, data_root: Path, *callbacks: Callback, ckp
     )  # fmt: skip
     engine = Engine(
         max_epochs=EPOCHS, default_root_dir=root, accelerator="cpu", devices=1, logger=False,
-        enable_progress_bar=False, callbacks=[StepSeeding(), *callbacks],
+        enable_progress_bar=False, callbacks=list(callbacks),
     )  # fmt: skip
     engine.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
