@@ -6,6 +6,7 @@ Everything runs in fresh subprocesses through the stock ``anomalib`` command, as
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -191,6 +192,24 @@ def test_predict_on_unlabelled_folder_and_single_image(checkpoint: Path, synthet
             "--data", str(target), "--default_root_dir", str(out),
         )  # fmt: skip
         assert list(out.rglob("*.png"))
+
+
+def test_predict_safe_folder_reports_bad_files(checkpoint: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    """`anomalib predict --data SafePredictFolder`: a truncated file is reported and skipped, the others predicted."""
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    good = sorted((synthetic_root / "ring" / "test" / "good").glob("*.png"))[:2]
+    for image in good:
+        shutil.copy(image, folder / image.name)
+    (folder / "cut.png").write_bytes(good[0].read_bytes()[:100])
+    out = tmp_path / "out"
+    _run(
+        ANOMALIB, "predict", *TINY_CLI, "--model.pretrained", "null", "--ckpt_path", str(checkpoint),
+        "--data", "SafePredictFolder", "--data.path", str(folder), "--default_root_dir", str(out),
+    )  # fmt: skip
+    report = next(out.rglob("skipped_images.csv")).read_text()
+    assert "cut.png" in report and good[0].name not in report
+    assert sorted(path.name for path in out.rglob("images/**/*.png")) == sorted(image.name for image in good)
 
 
 def test_wrapper_command_registers_plugins() -> None:
