@@ -74,6 +74,15 @@ def _model_config(name: str) -> dict:
     return config
 
 
+def _vision_config(name: str) -> dict:
+    """The ``vision_cfg`` of a ViT backbone, rejecting non-ViT architectures."""
+    vision = _model_config(name).get("vision_cfg", {})
+    if vision.get("patch_size") is None or not isinstance(vision.get("layers"), int):
+        msg = f"Backbone {name!r} is not a ViT CLIP (no patch_size/layers in its config); use a ViT model."
+        raise ValueError(msg)
+    return vision
+
+
 def vision_depth(name: str) -> int:
     """Number of blocks of a ViT backbone, read from its config (nothing is built).
 
@@ -81,11 +90,7 @@ def vision_depth(name: str) -> int:
         >>> vision_depth("bayes-pfl-tiny")
         4
     """
-    vision = _model_config(name).get("vision_cfg", {})
-    if vision.get("patch_size") is None or not isinstance(vision.get("layers"), int):
-        msg = f"Backbone {name!r} is not a ViT CLIP (no patch_size/layers in its config); use a ViT model."
-        raise ValueError(msg)
-    return vision["layers"]
+    return _vision_config(name)["layers"]
 
 
 def _is_torchscript_archive(path: Path) -> bool:
@@ -199,9 +204,9 @@ class ClipBackbone(nn.Module):
         locality_layers: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        config = _model_config(name)
-        self._check_geometry(name, config, image_size, feature_layers)
-        self.locality_layers = check_locality(locality_window, locality_layers, config["vision_cfg"]["layers"])
+        vision = _vision_config(name)
+        self._check_geometry(name, vision, image_size, feature_layers)
+        self.locality_layers = check_locality(locality_window, locality_layers, vision["layers"])
         weights = resolve_weights(name, pretrained)
         torchscript = weights is not None and _is_torchscript_archive(weights)
         quick_gelu = _wants_quick_gelu(activation, openai_weights=pretrained == "openai" or torchscript)
@@ -219,9 +224,9 @@ class ClipBackbone(nn.Module):
             self.register_buffer("locality_mask", local_window_mask(self.grid_size, locality_window), persistent=False)
 
     @staticmethod
-    def _check_geometry(name: str, config: dict, image_size: int, feature_layers: tuple[int, ...]) -> None:
+    def _check_geometry(name: str, vision: dict, image_size: int, feature_layers: tuple[int, ...]) -> None:
         """Reject sizes and layers the architecture cannot serve, before anything heavy is built."""
-        depth, patch_size = vision_depth(name), config["vision_cfg"]["patch_size"]
+        depth, patch_size = vision["layers"], vision["patch_size"]
         if image_size <= 0 or image_size % patch_size:
             msg = f"image_size={image_size} must be a positive multiple of {name!r}'s patch size {patch_size}."
             raise ValueError(msg)

@@ -366,11 +366,11 @@ class BayesPFL(AnomalibModule):
         if self.synthesis is None:
             return batch.image, batch.gt_label, batch.gt_mask
         images = batch.image
-        foreground = attention_foreground(
-            self.model.backbone.class_attention(images, self.attention_layer), tuple(images.shape[-2:])
-        )
+        chosen = self.synthesis.choose(batch.gt_label)  # the object attention is computed for these images only
+        attention = self.model.backbone.class_attention(images[chosen], self.attention_layer)
+        foreground = attention_foreground(attention, tuple(images.shape[-2:]))
         mean, std = _normalisation(self.pre_processor, images)
-        synthetic, masks, labels = self.synthesis(images * std + mean, foreground, batch.gt_label)
+        synthetic, masks, labels = self.synthesis.add_anomalies(images * std + mean, foreground, chosen, batch.gt_label)
         images = torch.where(masks.bool().unsqueeze(1), (synthetic - mean) / std, images)
         if batch.gt_mask is not None:
             masks = torch.maximum(masks, (batch.gt_mask > 0.5).to(masks.dtype))

@@ -69,6 +69,8 @@ def attention_foreground(
         >>> attention_foreground(torch.full((1, 4, 4), 0.06), (8, 8)).all().item()  # flat: all foreground
         True
     """
+    if len(attention) == 0:  # no image chosen in this batch
+        return torch.zeros(0, *size, dtype=torch.bool, device=attention.device)
     flat = attention.flatten(1).float()
     flat = torch.minimum(flat, torch.quantile(flat, 0.98, dim=1, keepdim=True))
     mean, std = flat.mean(dim=1, keepdim=True), flat.std(dim=1, keepdim=True).nan_to_num(0.0)
@@ -139,6 +141,38 @@ class ObjectAttentionAnomalyGenerator(nn.Module):
             msg = f"anomaly_source_path '{path}' holds no images (png, jpg, ...); add textures or set it to null."
             raise FileNotFoundError(msg)
 
+    def choose(self, labels: torch.Tensor) -> torch.Tensor:
+        """Indices of the images that get an anomaly: normal ones, each with chance ``probability``.
+
+        Separate from :meth:`add_anomalies` so that a caller computes the (costly) foreground of these images only.
+        """
+        return ((labels == 0) & (torch.rand(len(labels), device=labels.device) < self.probability)).nonzero().flatten()
+
+    def add_anomalies(
+        self,
+        images: torch.Tensor,
+        foreground: torch.Tensor,
+        chosen: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Draw an anomaly on each chosen image, inside its object.
+
+        Args:
+            images (torch.Tensor): Images in ``[0, 1]``, ``(N, 3, H, W)``.
+            foreground (torch.Tensor): Object masks of the chosen images only, ``(len(chosen), H, W)``, in order.
+            chosen (torch.Tensor): Indices from :meth:`choose`.
+            labels (torch.Tensor): Labels ``(N,)``.
+
+        Returns:
+            tuple[torch.Tensor, torch.Tensor, torch.Tensor]: As :meth:`forward`.
+        """
+        images, masks = images.clone(), torch.zeros_like(images[:, 0])
+        for index, object_mask in zip(chosen.tolist(), foreground, strict=True):
+            drawn = self._draw(images[index], object_mask)
+            if drawn is not None:
+                images[index], masks[index] = drawn
+        return images, masks, torch.where(masks.flatten(1).any(1), torch.ones_like(labels), labels)
+
     def forward(
         self,
         images: torch.Tensor,
@@ -157,13 +191,8 @@ class ObjectAttentionAnomalyGenerator(nn.Module):
             tuple[torch.Tensor, torch.Tensor, torch.Tensor]: Images, binary masks ``(N, H, W)`` of the added
             anomalies (zero where none was added) and labels (1 exactly where an anomaly was added, or was there).
         """
-        images, masks = images.clone(), torch.zeros_like(images[:, 0])
-        chosen = (labels == 0) & (torch.rand(len(images), device=images.device) < self.probability)
-        for index in chosen.nonzero().flatten().tolist():
-            drawn = self._draw(images[index], foreground[index])
-            if drawn is not None:
-                images[index], masks[index] = drawn
-        return images, masks, torch.where(masks.flatten(1).any(1), torch.ones_like(labels), labels)
+        chosen = self.choose(labels)
+        return self.add_anomalies(images, foreground[chosen], chosen, labels)
 
     def _draw(self, image: torch.Tensor, foreground: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """One anomaly on one image, or ``None`` when no draw covers ``min_area`` of the image inside the object."""
