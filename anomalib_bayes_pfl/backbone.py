@@ -8,10 +8,12 @@ image feature that conditions the image-specific prompt distribution), the *raw*
 blocks (patch tokens, no ``ln_post`` and no projection), and the text tower run on token embeddings into
 which learnable prompts were injected.
 
-The backbone is any open_clip ViT/CLIP by name. Weights come from an open_clip pretrained tag (downloaded
-through open_clip, so a missing network is reported as such), from a local open_clip checkpoint, or from an
-OpenAI ``.pt`` TorchScript archive such as ``ViT-L-14-336px.pt``. The positional embedding is resized
-(bicubic, antialiased) to the grid of ``image_size``, as the reference does for 518 px.
+The backbone is any open_clip ViT/CLIP, named by its open_clip model name or given as the path of an open_clip
+model-config JSON file (registered with open_clip under the file's stem). Weights come from an open_clip
+pretrained tag (downloaded through open_clip, so a missing network is reported as such), from a local open_clip
+checkpoint or OpenAI-layout state dict, or from an OpenAI ``.pt`` TorchScript archive such as
+``ViT-L-14-336px.pt``. Weights are read in fp32 (OpenAI's files are fp16) and the positional embedding is then
+resized (bicubic, antialiased) to the grid of ``image_size``, as the reference does for 518 px.
 
 Paper:
     Qu et al., "Bayesian Prompt Flow Learning for Zero-Shot Anomaly Detection", CVPR 2025, Sec. 3.1.
@@ -20,6 +22,7 @@ Paper:
 
 from __future__ import annotations
 
+import json
 import logging
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -32,6 +35,7 @@ from open_clip.model import resize_pos_embed
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
+from . import defaults
 from .locality import check_locality, local_window_mask
 
 logger = logging.getLogger(__name__)
@@ -46,6 +50,12 @@ PACKAGED_CONFIGS = "model_configs"
 NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 """Entries of TorchScript archives (OpenAI's, or a scripted open_clip model) that are not weights."""
 
+CONFIG_SUFFIX = ".json"
+"""A ``backbone`` ending in this is the path of an open_clip model-config file, not a model name."""
+
+CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
+"""Keys open_clip requires of a model config (it silently skips files without them)."""
+
 
 class WeightsUnavailableError(RuntimeError):
     """Raised when CLIP weights cannot be obtained (offline, missing file, wrong architecture)."""
@@ -57,11 +67,72 @@ def packaged_model_names() -> list[str]:
     return sorted(entry.name.removesuffix(".json") for entry in folder.iterdir() if entry.name.endswith(".json"))
 
 
-def _model_config(name: str) -> dict:
-    """Return open_clip's config for ``name``, registering a packaged config on first use.
+def _register_config_file(path: Path) -> str:
+    """Register an open_clip model-config JSON file with open_clip and return its model name (the file's stem).
 
-    Registration happens here, not at import, so importing the package never changes open_clip's registry.
+    A file already registered with the same content is not registered again. A file whose stem is already the
+    name of another architecture replaces it (with a warning), as ``open_clip.add_model_config`` does.
+
+    Raises:
+        ValueError: If the file does not exist or is not an open_clip model config.
     """
+    fix = (
+        "Pass an open_clip model name (open_clip.list_models()) or the path of an existing open_clip model-config "
+        f"JSON file with the keys {', '.join(CONFIG_KEYS)}, named '<model name>.json'."
+    )
+    if not path.is_file():
+        msg = f"Backbone config file not found: {path}. {fix}"
+        raise ValueError(msg)
+    if path.suffix != CONFIG_SUFFIX:
+        msg = f"Backbone config file {path} must end in '{CONFIG_SUFFIX}' (lower case) for open_clip to read it. {fix}"
+        raise ValueError(msg)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        msg = f"Backbone config file {path} is not valid JSON ({error}). {fix}"
+        raise ValueError(msg) from None
+    missing = [key for key in CONFIG_KEYS if key not in config] if isinstance(config, dict) else list(CONFIG_KEYS)
+    if missing:
+        msg = f"Backbone config file {path} is not an open_clip model config: it lacks {', '.join(missing)}. {fix}"
+        raise ValueError(msg)
+    name = path.stem
+    registered = open_clip.get_model_config(name)
+    if registered != config:
+        if registered is not None:
+            logger.warning("The backbone config %s replaces open_clip's registered architecture %r.", path, name)
+        open_clip.add_model_config(path.resolve())
+    return name
+
+
+def model_name(backbone: str) -> str:
+    """The open_clip model name of ``backbone``: the name itself, or the stem of a model-config JSON file.
+
+    A config file is registered with open_clip on first use, so everything that resolves a backbone accepts both.
+
+    Args:
+        backbone (str): An open_clip model name, or the path of an open_clip model-config ``.json`` file.
+
+    Returns:
+        str: The name under which open_clip knows the architecture.
+
+    Example:
+        >>> model_name("bayes-pfl-tiny")
+        'bayes-pfl-tiny'
+        >>> model_name("configs/my-vit.json")  # doctest: +SKIP
+        'my-vit'
+    """
+    if backbone.lower().endswith(CONFIG_SUFFIX):
+        return _register_config_file(Path(backbone).expanduser())
+    return backbone
+
+
+def _model_config(backbone: str) -> dict:
+    """Return open_clip's config for ``backbone`` (a name or a config file), registering it on first use.
+
+    Packaged configs and config files are registered here, not at import, so importing the package never changes
+    open_clip's registry.
+    """
+    name = model_name(backbone)
     if name not in open_clip.list_models() and name in packaged_model_names():
         config_file = resources.files(__package__) / PACKAGED_CONFIGS / f"{name}.json"
         with resources.as_file(config_file) as path:
@@ -69,13 +140,16 @@ def _model_config(name: str) -> dict:
     config = open_clip.get_model_config(name)
     if config is None:
         known = ", ".join(open_clip.list_models() + packaged_model_names())
-        msg = f"Unknown backbone {name!r}. Use an open_clip model name, one of: {known}."
+        msg = (
+            f"Unknown backbone {name!r}. Use an open_clip model name, one of: {known}; or the path of an "
+            "open_clip model-config JSON file."
+        )
         raise ValueError(msg)
     return config
 
 
 def _vision_config(name: str) -> dict:
-    """The ``vision_cfg`` of a ViT backbone, rejecting non-ViT architectures."""
+    """The ``vision_cfg`` of a ViT backbone (a name or a config file), rejecting non-ViT architectures."""
     vision = _model_config(name).get("vision_cfg", {})
     if vision.get("patch_size") is None or not isinstance(vision.get("layers"), int):
         msg = f"Backbone {name!r} is not a ViT CLIP (no patch_size/layers in its config); use a ViT model."
@@ -85,6 +159,12 @@ def _vision_config(name: str) -> dict:
 
 def vision_depth(name: str) -> int:
     """Number of blocks of a ViT backbone, read from its config (nothing is built).
+
+    Args:
+        name (str): open_clip model name, or the path of an open_clip model-config JSON file.
+
+    Returns:
+        int: The number of residual blocks of the vision tower.
 
     Example:
         >>> vision_depth("bayes-pfl-tiny")
@@ -171,8 +251,9 @@ class ClipBackbone(nn.Module):
     """Frozen CLIP that returns the global image feature, raw patch tokens of chosen blocks and text features.
 
     Args:
-        name (str): open_clip model name (``open_clip.list_models()``) or a packaged tiny config.
-            Defaults to ``"ViT-L-14-336"``.
+        name (str): open_clip model name (``open_clip.list_models()``), a packaged tiny config, or the path of an
+            open_clip model-config JSON file (registered with open_clip under the file's stem, e.g.
+            ``"configs/my-vit.json"`` -> ``"my-vit"``). Defaults to ``"ViT-L-14-336"``.
         pretrained (str | None): open_clip pretrained tag, a local weights file, or ``None`` for random weights.
             Defaults to ``"openai"``.
         image_size (int): Input side length; must be a multiple of the patch size. Defaults to ``518``.
@@ -195,10 +276,10 @@ class ClipBackbone(nn.Module):
 
     def __init__(
         self,
-        name: str = "ViT-L-14-336",
-        pretrained: str | None = "openai",
-        image_size: int = 518,
-        feature_layers: tuple[int, ...] = (6, 12, 18, 24),
+        name: str = defaults.BACKBONE,
+        pretrained: str | None = defaults.PRETRAINED,
+        image_size: int = defaults.IMAGE_SIZE,
+        feature_layers: tuple[int, ...] = defaults.FEATURE_LAYERS,
         activation: str = "auto",
         locality_window: int | None = None,
         locality_layers: Sequence[int] | None = None,
@@ -207,11 +288,12 @@ class ClipBackbone(nn.Module):
         vision = _vision_config(name)
         self._check_geometry(name, vision, image_size, feature_layers)
         self.locality_layers = check_locality(locality_window, locality_layers, vision["layers"])
-        weights = resolve_weights(name, pretrained)
+        architecture = model_name(name)
+        weights = resolve_weights(architecture, pretrained)
         torchscript = weights is not None and _is_torchscript_archive(weights)
         quick_gelu = _wants_quick_gelu(activation, openai_weights=pretrained == "openai" or torchscript)
         self.clip = open_clip.create_model(
-            name, pretrained=None, force_image_size=image_size, force_quick_gelu=quick_gelu
+            architecture, pretrained=None, force_image_size=image_size, force_quick_gelu=quick_gelu
         )
         self._check_supported(name)
         if weights is not None:
@@ -245,8 +327,16 @@ class ClipBackbone(nn.Module):
             raise ValueError(msg)
 
     def _load(self, weights: Path, name: str, torchscript: bool) -> None:
-        """Load weights, resizing the positional embedding to this grid; report an architecture mismatch clearly."""
-        state_dict = _read_state_dict(weights, torchscript)
+        """Load weights, resizing the positional embedding to this grid; report an architecture mismatch clearly.
+
+        Floating tensors are upcast to fp32 first, as the reference's loader does (``model.float()``): OpenAI's
+        files are fp16, and the grid is resized in fp32 (CPU interpolation has no fp16 kernel, and resizing in fp16
+        would round differently).
+        """
+        state_dict = {
+            key: value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+            for key, value in _read_state_dict(weights, torchscript).items()
+        }
         resize_pos_embed(state_dict, self.clip)
         try:
             self.clip.load_state_dict(state_dict, strict=True)

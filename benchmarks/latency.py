@@ -62,9 +62,9 @@ def _bayes_pfl(args: argparse.Namespace) -> BayesPFL:
 
 def even_taps(backbone: str) -> list[int]:
     """Four evenly spaced blocks, ending with the last (6/12/18/24 for a 24-block ViT, 3/6/9/12 for 12)."""
-    import open_clip
+    from anomalib_bayes_pfl.backbone import vision_depth
 
-    depth = open_clip.get_model_config(backbone)["vision_cfg"]["layers"]
+    depth = vision_depth(backbone)
     return [depth * quarter // 4 for quarter in range(1, 5)]
 
 

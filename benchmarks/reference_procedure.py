@@ -4,10 +4,11 @@ The reference (github.com/xiaozhen228/Bayes-PFL, ``models/VPB.py``, ``models/PFL
 image at a time: each of the R samples runs two full-length (77-token) text passes of the B prompts, flows run as
 batched matrix products, RCA uses einsums, every pair's *logits* are upsampled before the pairwise softmax, and
 the maps are averaged afterwards. Our model cuts the text after the longest prompt, encodes every prompt of a
-batch in one pass and upsamples logit differences. This module is the unoptimised yardstick: the parity test
-checks both give the same score and map, the latency harness times both. The evaluation noise of the model
-replaces the reference's fresh draws; test-set min-max normalisation and SciPy smoothing are left out (the map is
-compared before smoothing).
+batch in one pass and upsamples logit differences. This module is the unoptimised procedure that the latency
+harness (``latency.py``) times against the model. It is a re-implementation, not the reference itself, so it is no
+evidence of faithfulness: that is checked against outputs of the official code
+(``tests/unit/test_reference_fixtures.py`` with ``tests/fixtures/reference``). The evaluation noise of the model
+replaces the reference's fresh draws; test-set min-max normalisation and SciPy smoothing are left out.
 """
 
 from __future__ import annotations

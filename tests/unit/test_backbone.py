@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import open_clip
 import pytest
 import torch
+from open_clip.model import resize_pos_embed
 from torch import nn
 
-from anomalib_bayes_pfl.backbone import ClipBackbone, WeightsUnavailableError
+from anomalib_bayes_pfl.backbone import ClipBackbone, WeightsUnavailableError, model_name, vision_depth
+
+TINY_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 3, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+"""A config of its own (not packaged, not in open_clip), so the file is the only way to know it."""
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +151,52 @@ class TestWeights:
         with pytest.raises(WeightsUnavailableError, match="offline.*pass the local file") as info:
             ClipBackbone("ViT-B-16", "openai", image_size=224, feature_layers=(1,))
         assert info.value.__suppress_context__
+
+
+class TestConfigFile:
+    """A backbone given as the path of an open_clip model-config JSON file."""
+
+    @staticmethod
+    def test_config_file_is_registered_under_its_stem(tmp_path: Path) -> None:
+        """The file's stem becomes the model name, and every resolver (depth, backbone) accepts the path."""
+        path = tmp_path / "user-tiny-vit.json"
+        path.write_text(json.dumps(TINY_CONFIG))
+        assert model_name(str(path)) == "user-tiny-vit"
+        assert vision_depth(str(path)) == 3
+        backbone = ClipBackbone(str(path), pretrained=None, image_size=32, feature_layers=(1, 3))
+        assert backbone.vision_width == 64 and backbone.embed_dim == 32 and backbone.grid_size == (2, 2)
+        assert open_clip.get_model_config("user-tiny-vit") == TINY_CONFIG
+        registrations = len(open_clip.factory._MODEL_CONFIG_PATHS)
+        model_name(str(path))
+        assert len(open_clip.factory._MODEL_CONFIG_PATHS) == registrations  # the same file is registered once
+
+    @staticmethod
+    @pytest.mark.parametrize(
+        ("name", "content", "match"),
+        [
+            ("missing.json", None, "not found"),
+            ("broken.json", "{not json", "not valid JSON"),
+            ("partial.json", json.dumps({"embed_dim": 8}), "lacks vision_cfg, text_cfg"),
+            ("list.json", "[]", "lacks embed_dim"),
+        ],
+    )
+    def test_bad_config_file(tmp_path: Path, name: str, content: str | None, match: str) -> None:
+        """A missing or invalid file is named, with the fix."""
+        path = tmp_path / name
+        if content is not None:
+            path.write_text(content)
+        with pytest.raises(ValueError, match=match) as info:
+            ClipBackbone(str(path), pretrained=None, image_size=32, feature_layers=(1,))
+        assert str(path) in str(info.value) and "open_clip model name" in str(info.value)
+
+
+def test_fp16_weights_at_a_resized_grid(tmp_path: Path, backbone: ClipBackbone) -> None:
+    """fp16 weights (OpenAI's released precision) load at another grid: upcast to fp32, then resized."""
+    path = tmp_path / "tiny-fp16.pt"
+    torch.save({key: value.half() for key, value in backbone.clip.state_dict().items()}, path)
+    resized = ClipBackbone("bayes-pfl-tiny", str(path), image_size=96, feature_layers=(2, 4))
+    assert resized.clip.visual.positional_embedding.dtype == torch.float32
+    original = backbone.clip.visual.positional_embedding.detach().half().float()
+    state_dict = {"visual.positional_embedding": original}
+    resize_pos_embed(state_dict, resized.clip)
+    assert torch.equal(resized.clip.visual.positional_embedding, state_dict["visual.positional_embedding"])
