@@ -26,7 +26,7 @@ _EXPORTS = {
     "BayesPFLModel": ".torch_model",
     "SafePredictFolder": ".data",
     "category_from_path": ".data",
-    "generate_synthetic_dataset": ".data",
+    "generate_synthetic_dataset": ".data.synthetic",
     "load_prompt_weights": ".checkpoints",
     "read_rgb": ".images",
     "save_prompt_weights": ".checkpoints",

@@ -26,6 +26,8 @@ from anomalib.models.components import GaussianBlur2d
 from anomalib.models.components.filters.blur import compute_kernel_size
 from torch import nn
 
+from . import defaults
+
 
 def pair_logit_difference(logits: torch.Tensor) -> torch.Tensor:
     """Abnormal-minus-normal logits of each pair; the last axis holds all normal logits, then all abnormal ones.
@@ -81,7 +83,13 @@ class AnomalyMapGenerator(nn.Module):
         top_k (int): Pixels averaged for the map's share of the score. Defaults to ``2000``.
     """
 
-    def __init__(self, image_size: int, sigma: float = 8.0, alpha: float = 0.5, top_k: int = 2000) -> None:
+    def __init__(
+        self,
+        image_size: int,
+        sigma: float = defaults.GAUSSIAN_SIGMA,
+        alpha: float = defaults.SCORE_ALPHA,
+        top_k: int = defaults.TOP_K,
+    ) -> None:
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
             msg = f"score_alpha={alpha} must lie in [0, 1]."

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from . import defaults
+
 FOCAL_EPS = 1e-8
 """Guards the log and the pixel counts of the focal loss (reference ``FocalLoss``)."""
 
@@ -26,7 +28,9 @@ DICE_EPS = 1e-5
 """Smoothing of the dice ratio (reference ``DiceLoss``)."""
 
 
-def balanced_focal_loss(probability: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+def balanced_focal_loss(
+    probability: torch.Tensor, target: torch.Tensor, gamma: float = defaults.FOCAL_GAMMA
+) -> torch.Tensor:
     """Focal loss averaged separately over anomalous and normal pixels, then summed.
 
     Averaging each class on its own keeps small defects from being drowned by the background.
@@ -42,7 +46,7 @@ def balanced_focal_loss(probability: torch.Tensor, target: torch.Tensor, gamma: 
     Example:
         >>> p = torch.tensor([[[0.9, 0.2]]])
         >>> round(balanced_focal_loss(p, torch.tensor([[[1.0, 0.0]]])).item(), 5)
-        0.00993
+        0.00998
     """
     foreground = target > 0.5
     p_true = torch.where(foreground, probability, 1 - probability)
@@ -94,7 +98,12 @@ class BayesPFLLoss(nn.Module):
         orthogonal_weight (float): Weight of the orthogonality term. Defaults to ``1``.
     """
 
-    def __init__(self, focal_gamma: float = 2.0, kl_weight: float = 0.01, orthogonal_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        focal_gamma: float = defaults.FOCAL_GAMMA,
+        kl_weight: float = defaults.KL_WEIGHT,
+        orthogonal_weight: float = defaults.ORTHOGONAL_WEIGHT,
+    ) -> None:
         super().__init__()
         self.focal_gamma, self.kl_weight, self.orthogonal_weight = focal_gamma, kl_weight, orthogonal_weight
 

@@ -116,6 +116,37 @@ class MetaGuidance(nn.Module):
         gradients = torch.autograd.grad(guide_loss, parameters, retain_graph=True, allow_unused=True)
         return [torch.zeros_like(p) if g is None else g for p, g in zip(parameters, gradients, strict=True)]
 
+    def backward(
+        self,
+        task_loss: torch.Tensor,
+        outputs: dict[str, torch.Tensor],
+        backbone: ClipBackbone,
+        class_names: Sequence[str],
+        parameters: Sequence[nn.Parameter],
+        backward: Callable[[torch.Tensor], None],
+        average: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor,
+    ) -> dict[str, torch.Tensor]:
+        """The guided backward pass of one step: task gradients with their conflicting component removed.
+
+        Args:
+            task_loss (torch.Tensor): The step's training loss.
+            outputs (dict[str, torch.Tensor]): The torch model's training outputs (``global_feature``,
+                ``text_embeddings``).
+            backbone (ClipBackbone): The frozen CLIP that encodes the meta prompts.
+            class_names (Sequence[str]): One class name per image.
+            parameters (Sequence[nn.Parameter]): The prompt parameters whose gradients are guided.
+            backward (Callable): Runs the task loss's backward pass (Lightning's ``manual_backward``).
+            average (Callable): Averages a tensor over processes. Defaults to identity.
+
+        Returns:
+            dict[str, torch.Tensor]: ``meta_loss``, ``meta_conflict`` and ``meta_alignment``, for logging.
+        """
+        meta = self.meta_text(backbone, class_names)
+        guide_loss = self.loss(outputs["global_feature"], outputs["text_embeddings"], meta)
+        guide = self.guide_gradients(guide_loss, parameters)
+        backward(task_loss)
+        return self.project(parameters, guide, average) | {"meta_loss": guide_loss.detach()}
+
     def project(
         self,
         parameters: Sequence[nn.Parameter],

@@ -34,6 +34,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from . import defaults
+
 LOGDET_EPS = 1e-5
 """Added inside the log of the planar log-determinant, as in the reference (``models/flows.py``)."""
 
@@ -245,8 +247,8 @@ class PromptFlow(nn.Module):
         feature_dim: int,
         latent_dim: int,
         hidden_dim: int,
-        num_flows: int = 10,
-        num_samples: int = 10,
+        num_flows: int = defaults.NUM_FLOWS,
+        num_samples: int = defaults.NUM_SAMPLES,
         eval_seed: int = 0,
     ) -> None:
         super().__init__()

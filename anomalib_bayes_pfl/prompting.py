@@ -26,6 +26,8 @@ import torch
 from open_clip.tokenizer import tokenize
 from torch import nn
 
+from . import defaults
+
 CLASS_NAME_MAP = {
     "macaroni1": "macaroni",
     "macaroni2": "macaroni",
@@ -73,7 +75,13 @@ class PromptBank(nn.Module):
         state_length (int): State vectors per prompt ``Q``. Defaults to ``5``.
     """
 
-    def __init__(self, width: int, num_prompts: int = 3, context_length: int = 5, state_length: int = 5) -> None:
+    def __init__(
+        self,
+        width: int,
+        num_prompts: int = defaults.NUM_PROMPTS,
+        context_length: int = defaults.CONTEXT_LENGTH,
+        state_length: int = defaults.STATE_LENGTH,
+    ) -> None:
         super().__init__()
         self.prompt_context = nn.Parameter(torch.empty(num_prompts, context_length, width))
         self.prompt_state_normal = nn.Parameter(torch.empty(num_prompts, state_length, width))

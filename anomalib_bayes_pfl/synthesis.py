@@ -23,14 +23,19 @@ Paper:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.data.utils import read_image
 from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 from torchvision.transforms.v2.functional import resize
+
+from .backbone import ClipBackbone, vision_depth
 
 SOURCES = ("noise", "self", "folder")
 """Texture sources: Perlin noise, the image itself, images of ``anomaly_source_path``."""
@@ -81,6 +86,35 @@ def attention_foreground(
     return F.interpolate(foreground, size=size, mode="nearest").squeeze(1) > 0.5
 
 
+def attention_block(layer: int | None, backbone: str) -> int:
+    """The block whose class-token attention finds the object: as given, or the middle one.
+
+    Example:
+        >>> attention_block(None, "bayes-pfl-tiny"), attention_block(3, "bayes-pfl-tiny")
+        (2, 3)
+    """
+    depth = vision_depth(backbone)
+    chosen = max(depth // 2, 1) if layer is None else layer
+    if not 1 <= chosen <= depth:
+        msg = f"attention_layer={layer} must be a 1-indexed block within 1..{depth} of {backbone!r}."
+        raise ValueError(msg)
+    return chosen
+
+
+@contextlib.contextmanager
+def _global_rng_from(generator: torch.Generator, device: torch.device) -> Iterator[None]:
+    """Run anomalib's Perlin and augmentation draws (which read torch's global generator) from ``generator``.
+
+    The global generator is forked, seeded from ``generator`` and restored afterwards, so these draws neither
+    depend on nor disturb anything else in the process.
+    """
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 class ObjectAttentionAnomalyGenerator(nn.Module):
     """Perlin anomalies restricted to the object, with noise, self and folder textures.
 
@@ -97,7 +131,7 @@ class ObjectAttentionAnomalyGenerator(nn.Module):
     Example:
         >>> generator = ObjectAttentionAnomalyGenerator(probability=1.0)
         >>> images, foreground = torch.rand(2, 3, 32, 32), torch.ones(2, 32, 32, dtype=torch.bool)
-        >>> new_images, masks, labels = generator(images, foreground, torch.zeros(2))
+        >>> new_images, masks, labels = generator(images, foreground, torch.zeros(2), torch.Generator())
         >>> masks.shape, bool(((new_images != images).any(1) <= masks.bool()).all())
         (torch.Size([2, 32, 32]), True)
     """
@@ -141,12 +175,13 @@ class ObjectAttentionAnomalyGenerator(nn.Module):
             msg = f"anomaly_source_path '{path}' holds no images (png, jpg, ...); add textures or set it to null."
             raise FileNotFoundError(msg)
 
-    def choose(self, labels: torch.Tensor) -> torch.Tensor:
+    def choose(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Indices of the images that get an anomaly: normal ones, each with chance ``probability``.
 
         Separate from :meth:`add_anomalies` so that a caller computes the (costly) foreground of these images only.
         """
-        return ((labels == 0) & (torch.rand(len(labels), device=labels.device) < self.probability)).nonzero().flatten()
+        drawn = torch.rand(len(labels), generator=generator).to(labels.device)
+        return ((labels == 0) & (drawn < self.probability)).nonzero().flatten()
 
     def add_anomalies(
         self,
@@ -154,6 +189,7 @@ class ObjectAttentionAnomalyGenerator(nn.Module):
         foreground: torch.Tensor,
         chosen: torch.Tensor,
         labels: torch.Tensor,
+        generator: torch.Generator,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Draw an anomaly on each chosen image, inside its object.
 
@@ -162,13 +198,14 @@ class ObjectAttentionAnomalyGenerator(nn.Module):
             foreground (torch.Tensor): Object masks of the chosen images only, ``(len(chosen), H, W)``, in order.
             chosen (torch.Tensor): Indices from :meth:`choose`.
             labels (torch.Tensor): Labels ``(N,)``.
+            generator (torch.Generator): Source of every random draw.
 
         Returns:
             tuple[torch.Tensor, torch.Tensor, torch.Tensor]: As :meth:`forward`.
         """
         images, masks = images.clone(), torch.zeros_like(images[:, 0])
         for index, object_mask in zip(chosen.tolist(), foreground, strict=True):
-            drawn = self._draw(images[index], object_mask)
+            drawn = self._draw(images[index], object_mask, generator)
             if drawn is not None:
                 images[index], masks[index] = drawn
         return images, masks, torch.where(masks.flatten(1).any(1), torch.ones_like(labels), labels)
@@ -178,6 +215,7 @@ class ObjectAttentionAnomalyGenerator(nn.Module):
         images: torch.Tensor,
         foreground: torch.Tensor,
         labels: torch.Tensor,
+        generator: torch.Generator,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Add anomalies to a share of the normal images.
 
@@ -186,42 +224,90 @@ class ObjectAttentionAnomalyGenerator(nn.Module):
                 every geometric augmentation, so masks need no re-alignment).
             foreground (torch.Tensor): Object masks ``(N, H, W)``; anomalies never leave them.
             labels (torch.Tensor): Labels ``(N,)``; anomalous images are left as they are.
+            generator (torch.Generator): Source of every random draw.
 
         Returns:
             tuple[torch.Tensor, torch.Tensor, torch.Tensor]: Images, binary masks ``(N, H, W)`` of the added
             anomalies (zero where none was added) and labels (1 exactly where an anomaly was added, or was there).
         """
-        chosen = self.choose(labels)
-        return self.add_anomalies(images, foreground[chosen], chosen, labels)
+        chosen = self.choose(labels, generator)
+        return self.add_anomalies(images, foreground[chosen], chosen, labels, generator)
 
-    def _draw(self, image: torch.Tensor, foreground: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    @torch.no_grad()
+    def training_batch(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        masks: torch.Tensor | None,
+        backbone: ClipBackbone,
+        attention_layer: int,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A training batch with anomalies added to a share of its normal images: images, labels and masks.
+
+        Runs on the pre-processed batch (after every augmentation and the resize), so masks are made at the model's
+        input resolution and need no re-alignment. The object comes from ``backbone``'s class-token attention in
+        block ``attention_layer``, computed for the chosen images only. Anomalies are blended in pixel space: the
+        CLIP-normalised images (the pre-processor's ``Normalize`` uses CLIP's mean and std) are mapped back to
+        ``[0, 1]``, and the changed pixels are normalised again; untouched pixels keep their exact values.
+
+        Args:
+            images (torch.Tensor): CLIP-normalised images ``(N, 3, H, W)``.
+            labels (torch.Tensor): Labels ``(N,)``.
+            masks (torch.Tensor | None): Ground-truth masks ``(N, H, W)`` of the real anomalies, if any.
+            backbone (ClipBackbone): The model's frozen CLIP.
+            attention_layer (int): 1-indexed block whose class-token attention finds the object.
+            generator (torch.Generator): Source of every random draw.
+
+        Returns:
+            tuple[torch.Tensor, torch.Tensor, torch.Tensor]: Normalised images, labels and binary masks (real and
+            synthetic anomalies together).
+        """
+        chosen = self.choose(labels, generator)
+        attention = backbone.class_attention(images[chosen], attention_layer)
+        foreground = attention_foreground(attention, tuple(images.shape[-2:]))
+        mean = images.new_tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+        std = images.new_tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
+        synthetic, new_masks, labels = self.add_anomalies(images * std + mean, foreground, chosen, labels, generator)
+        images = torch.where(new_masks.bool().unsqueeze(1), (synthetic - mean) / std, images)
+        if masks is not None:
+            new_masks = torch.maximum(new_masks, (masks > 0.5).to(new_masks.dtype))
+        return images, labels, new_masks
+
+    def _draw(
+        self, image: torch.Tensor, foreground: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """One anomaly on one image, or ``None`` when no draw covers ``min_area`` of the image inside the object."""
         height, width = image.shape[-2:]
         for _ in range(self.max_tries):
-            noise_texture, mask = self.perlin.generate_perturbation(height, width, image.device)
+            with _global_rng_from(generator, image.device):
+                noise_texture, mask = self.perlin.generate_perturbation(height, width, image.device)
             mask = mask[..., 0] * foreground
             if mask.mean() < self.min_area:
                 continue
-            texture = self._texture(image, noise_texture.permute(2, 0, 1))
-            beta = torch.empty(()).uniform_(*self.blend_factor).item()
+            texture = self._texture(image, noise_texture.permute(2, 0, 1), generator)
+            low, high = self.blend_factor
+            beta = low + (high - low) * float(torch.rand((), generator=generator))
             blended = image * (1 - mask) + (beta * texture + (1 - beta) * image) * mask
             return blended.clamp(0.0, 1.0), mask
         return None
 
-    def _texture(self, image: torch.Tensor, noise_texture: torch.Tensor) -> torch.Tensor:
+    def _texture(self, image: torch.Tensor, noise_texture: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """The anomaly's texture from a randomly chosen source, at the image's size, in ``[0, 1]``."""
-        source = self.sources[int(torch.randint(len(self.sources), (1,)))]
+
+        def draw(low: int, high: int) -> int:
+            return int(torch.randint(low, high, (1,), generator=generator))
+
+        source = self.sources[draw(0, len(self.sources))]
         if source == "noise":
             return noise_texture
         if source == "self":  # the image's own material, moved and flipped
             height, width = image.shape[-2:]
-            shift = (
-                int(torch.randint(height // 4, height - height // 4 + 1, (1,))),
-                int(torch.randint(width // 4, width - width // 4 + 1, (1,))),
-            )
+            shift = (draw(height // 4, height - height // 4 + 1), draw(width // 4, width - width // 4 + 1))
             material = torch.roll(image, shifts=shift, dims=(-2, -1)).flip(-1)
         else:
             files = self.perlin.anomaly_source_paths
-            material = read_image(files[int(torch.randint(len(files), (1,)))], as_tensor=True).to(image)
+            material = read_image(files[draw(0, len(files))], as_tensor=True).to(image)
             material = resize(material, list(image.shape[-2:]), antialias=True)
-        return self.perlin.augmenters(material).clamp(0.0, 1.0)
+        with _global_rng_from(generator, image.device):
+            return self.perlin.augmenters(material).clamp(0.0, 1.0)

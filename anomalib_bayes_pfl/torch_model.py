@@ -24,6 +24,7 @@ import torch
 from anomalib.data import InferenceBatch
 from torch import nn
 
+from . import defaults
 from .anomaly_map import AnomalyMapGenerator
 from .backbone import ClipBackbone
 from .image_branch import ImageBranch
@@ -53,7 +54,8 @@ class BayesPFLModel(nn.Module):
     """Bayes-PFL on a frozen open_clip ViT.
 
     Args:
-        backbone (str): open_clip model name. Defaults to ``"ViT-L-14-336"``.
+        backbone (str): open_clip model name, or the path of an open_clip model-config JSON file (registered under the
+            file's stem). Defaults to ``"ViT-L-14-336"``.
         pretrained (str | None): open_clip tag, local weights file, or ``None`` (random). Defaults to ``"openai"``.
         image_size (int): Input side. Defaults to ``518``.
         feature_layers (Sequence[int]): 1-indexed blocks whose patch tokens are used. Defaults to ``(6, 12, 18, 24)``.
@@ -65,7 +67,8 @@ class BayesPFLModel(nn.Module):
         num_flows (int): Planar flows per distribution ``K``. Defaults to ``10``.
         num_samples (int): Prompt samples per image at evaluation ``R``. Defaults to ``10``.
         eval_seed (int): Seed of the fixed evaluation noise. Defaults to ``0``.
-        class_name (str): Class name written into the prompts at inference. Defaults to ``"object"``.
+        class_name (str | None): Class name written into the prompts at inference; ``None``: ``"object"``.
+            Defaults to ``None``.
         gaussian_sigma (float): Smoothing of the anomaly map. Defaults to ``8``.
         score_alpha (float): Weight of the image branch in the image score. Defaults to ``0.5``.
         top_k (int): Map pixels averaged into the image score. Defaults to ``2000``.
@@ -77,21 +80,21 @@ class BayesPFLModel(nn.Module):
 
     def __init__(
         self,
-        backbone: str = "ViT-L-14-336",
-        pretrained: str | None = "openai",
-        image_size: int = 518,
-        feature_layers: Sequence[int] = (6, 12, 18, 24),
+        backbone: str = defaults.BACKBONE,
+        pretrained: str | None = defaults.PRETRAINED,
+        image_size: int = defaults.IMAGE_SIZE,
+        feature_layers: Sequence[int] = defaults.FEATURE_LAYERS,
         activation: str = "auto",
-        num_prompts: int = 3,
-        context_length: int = 5,
-        state_length: int = 5,
-        num_flows: int = 10,
-        num_samples: int = 10,
+        num_prompts: int = defaults.NUM_PROMPTS,
+        context_length: int = defaults.CONTEXT_LENGTH,
+        state_length: int = defaults.STATE_LENGTH,
+        num_flows: int = defaults.NUM_FLOWS,
+        num_samples: int = defaults.NUM_SAMPLES,
         eval_seed: int = 0,
-        class_name: str = DEFAULT_CLASS_NAME,
-        gaussian_sigma: float = 8.0,
-        score_alpha: float = 0.5,
-        top_k: int = 2000,
+        class_name: str | None = None,
+        gaussian_sigma: float = defaults.GAUSSIAN_SIGMA,
+        score_alpha: float = defaults.SCORE_ALPHA,
+        top_k: int = defaults.TOP_K,
         locality_window: int | None = None,
         locality_layers: Sequence[int] | None = None,
     ) -> None:
@@ -103,6 +106,7 @@ class BayesPFLModel(nn.Module):
             num_flows=num_flows,
             num_samples=num_samples,
         )
+        class_name = DEFAULT_CLASS_NAME if class_name is None else class_name
         check_class_names([class_name])
         self.anomaly_map = AnomalyMapGenerator(image_size, gaussian_sigma, score_alpha, top_k)
         self.backbone = ClipBackbone(
@@ -196,14 +200,15 @@ class BayesPFLModel(nn.Module):
         global_feature: torch.Tensor,
         tokens: torch.Tensor,
         longest_eos: int,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample prompt biases and encode every prompt of every image.
+        """Sample prompt biases (training noise from ``generator``) and encode every prompt of every image.
 
         Returns:
             tuple[torch.Tensor, torch.Tensor]: Normalised text embeddings ``(N, 2, S, B, E)`` (axis 1: normal,
             abnormal; ``S`` samples) and the three KL terms ``(3,)`` (mean over samples).
         """
-        context, normal, abnormal = self.prompt_flow(global_feature)
+        context, normal, abnormal = self.prompt_flow(global_feature, generator)
         learned = self.prompt_bank(context.z, normal.z, abnormal.z)  # (N, 2, S, B, P + Q, D)
         sequences, eos = inject_prompts(
             self.backbone.token_embedding(tokens), tokens.argmax(dim=-1), learned, longest_eos
@@ -224,6 +229,7 @@ class BayesPFLModel(nn.Module):
         self,
         images: torch.Tensor,
         class_names: Sequence[str] | None = None,
+        generator: torch.Generator | None = None,
     ) -> InferenceBatch | dict[str, torch.Tensor | list[torch.Tensor]]:
         """Score images.
 
@@ -231,6 +237,8 @@ class BayesPFLModel(nn.Module):
             images (torch.Tensor): Normalised images ``(N, 3, S, S)``.
             class_names (Sequence[str] | None): One class name per image (mixed-category training and
                 validation); ``None`` uses :attr:`class_name`.
+            generator (torch.Generator | None): Source of the training noise of the prompt distributions (the
+                global generator when ``None``); unused in eval mode, which samples fixed noise.
 
         Returns:
             InferenceBatch | dict: In eval mode, ``InferenceBatch(pred_score (N,), anomaly_map (N, S, S))``.
@@ -247,7 +255,7 @@ class BayesPFLModel(nn.Module):
             global_feature, patches = self.backbone(images)
         image_branch_only = self.training and self.stage == 2
         with torch.set_grad_enabled(torch.is_grad_enabled() and not image_branch_only):
-            text, kl = self.encode_prompts(global_feature, tokens, longest_eos)
+            text, kl = self.encode_prompts(global_feature, tokens, longest_eos, generator)
         flat_text = text.flatten(1, 3)  # (N, 2 * S * B, E): all normal prompts, then all abnormal ones
         image_logits = self.image_branch(flat_text, global_feature, patches, self.temperature_image.exp(), self.stage)
         pixel_logits = [] if image_branch_only else self.pixel_logits(flat_text, patches)

@@ -8,7 +8,7 @@ anomalib's benchmark pipeline exits 0 even when jobs fail, and crashes when the 
 job of the grid produced a result row, and merges the rows into one CSV and one plot.
 
 Usage:
-    python -m anomalib_bayes_pfl.compare configs/benchmark/*.yaml --output results/compare
+    python benchmarks/compare.py configs/benchmark/*.yaml --output results/compare
         [--winclip-pretrained none|TAG|FILE]
 
 ``--winclip-pretrained`` sets the weights anomalib's WinCLIP loads (``none``: random weights, for offline runs).
@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .plugin import register_entry_points
+from anomalib_bayes_pfl.plugin import register_entry_points
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import torch
 
 from anomalib_bayes_pfl import BayesPFL
 from anomalib_bayes_pfl.demo import TINY_MODEL_ARGS
-from anomalib_bayes_pfl.lightning_model import build_optimizers
+from anomalib_bayes_pfl.training import build_optimizers
 
 MODES = ("optimised", "full-length")
 

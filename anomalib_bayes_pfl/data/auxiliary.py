@@ -55,7 +55,6 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Transform
 
 from ..resume import EpochShuffleSampler
-from .synthetic import DEFAULT_CATEGORIES
 
 __all__ = ["SUPPORTED_FORMATS", "AuxiliaryTrain", "category_from_path"]
 
@@ -147,6 +146,8 @@ def _check_category_folder(root: Path, category: str, dataset_format: str, role:
 
     This replaces anomalib's ``prepare_data`` download: training data must already be present.
     """
+    from .synthetic import DEFAULT_CATEGORIES  # noqa: PLC0415 - the demo generator stays off the import path
+
     hint = _DEMO_HINT.format(root=_dataset_root(root, dataset_format), categories=", ".join(DEFAULT_CATEGORIES))
     if not root.is_dir():
         msg = f"{role}_root '{root}' does not exist. Expected layout: {_LAYOUTS[dataset_format]}. {hint}"

@@ -1,4 +1,4 @@
-"""`python -m anomalib_bayes_pfl.compare`: BayesPFL, PatchCore and WinCLIP through anomalib's benchmark, offline."""
+"""`python benchmarks/compare.py`: BayesPFL, PatchCore and WinCLIP through anomalib's benchmark, offline."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from anomalib_bayes_pfl.demo import TINY_MODEL_ARGS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+COMPARE = Path(__file__).parents[2] / "benchmarks" / "compare.py"
+
 
 def _config(path: Path, model: dict, root: Path, categories: list[str]) -> Path:
     loading = {"num_workers": 0, "train_batch_size": 4, "eval_batch_size": 4}
@@ -25,7 +27,7 @@ def _config(path: Path, model: dict, root: Path, categories: list[str]) -> Path:
 
 
 def _compare(tmp_path: Path, *configs: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "anomalib_bayes_pfl.compare", *map(str, configs), "--output", "out",
+    command = [sys.executable, str(COMPARE), *map(str, configs), "--output", "out",
                "--winclip-pretrained", "none"]  # fmt: skip
     env = os.environ | {"PYTHONWARNINGS": "ignore"}
     return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
@@ -46,6 +48,19 @@ def setting(tmp_path_factory: pytest.TempPathFactory, tiny_clip_weights: str) ->
     return {"root": root, "data": data, "bayes": bayes}
 
 
+def _engine_test(setting: dict, category: str) -> dict[str, float]:
+    """The zero-shot BayesPFL of the benchmark config, tested in this process with anomalib's Engine."""
+    from anomalib.data import MVTecAD
+    from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
+
+    seed_everything(1)
+    datamodule = MVTecAD(setting["data"], category=category, num_workers=0, train_batch_size=4, eval_batch_size=4)
+    engine = Engine(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=setting["root"] / "t")
+    model = BayesPFL(**setting["bayes"]["init_args"])
+    return {key: float(value) for key, value in engine.test(model, datamodule=datamodule)[0].items()}
+
+
 def test_three_models_merged_into_one_table(setting: dict) -> None:
     """All jobs run; one CSV with a row per model and category, and a plot."""
     root, data = setting["root"], setting["data"]
@@ -60,7 +75,11 @@ def test_three_models_merged_into_one_table(setting: dict) -> None:
     assert completed.returncode == 0, (completed.stdout + completed.stderr)[-4000:]
     results = pd.read_csv(root / "out" / "results.csv")
     assert sorted(results["config"]) == ["bayes_pfl", "bayes_pfl", "patchcore", "winclip"]
-    assert results["image_AUROC"].between(0, 1).all()
+    bayes = results[results["config"] == "bayes_pfl"].set_index("data.init_args.category")
+    for category in ("disc", "grain"):  # each row is the metric of its own model and category
+        expected = _engine_test(setting, category)
+        for metric in ("image_AUROC", "pixel_AUROC"):
+            assert bayes.loc[category, metric] == pytest.approx(expected[metric], abs=1e-6), (category, metric)
     assert (root / "out" / "results.png").stat().st_size > 0
 
 

@@ -9,10 +9,13 @@ import pytest
 import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
-from lightning.pytorch import seed_everything
+from lightning.pytorch import Callback, Trainer, seed_everything
+from torchmetrics.classification import BinaryAUROC
 
 from anomalib_bayes_pfl import BayesPFL, save_prompt_weights
+from anomalib_bayes_pfl.checkpoints import head_state_dict
 from anomalib_bayes_pfl.demo import demo_datamodule
+from anomalib_bayes_pfl.training import choose_pair
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +88,12 @@ def test_zero_shot_mode_from_saved_weights(
     datamodule = MVTecAD(root=synthetic_root, category="ring", eval_batch_size=16, num_workers=0)
     results = _engine(tmp_path).test(model, datamodule=datamodule)[0]
     assert model.model.class_name == "ring"
-    assert 0.0 <= results["image_AUROC"] <= 1.0
+    scores, labels = [], []
+    for batch in datamodule.test_dataloader():  # the same images, scored by the model directly
+        scores.append(_scores(model, model.pre_processor.transform(batch.image)))
+        labels.append(batch.gt_label)
+    expected = BinaryAUROC()(torch.cat(scores), torch.cat(labels).int()).item()
+    assert results["image_AUROC"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_zero_shot_rejects_mismatched_weights(trained: dict, tiny_kwargs: dict, tmp_path: Path) -> None:
@@ -105,3 +113,36 @@ def test_same_seed_same_scores(synthetic_root: Path, shared_kwargs: dict, tmp_pa
         _engine(tmp_path / str(run), epochs=1).fit(model, datamodule=demo_datamodule(synthetic_root))
         scores.append(_scores(model, images))
     assert torch.equal(scores[0], scores[1])
+
+
+class HeadAtEpochStart(Callback):
+    """Keeps a copy of the model's head at the start of every epoch."""
+
+    def __init__(self) -> None:
+        self.heads: list[dict[str, torch.Tensor]] = []
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: BayesPFL) -> None:
+        del trainer
+        self.heads.append({k: v.clone() for k, v in head_state_dict(pl_module.model).items() if torch.is_tensor(v)})
+
+
+def test_training_step_wiring(synthetic_root: Path, shared_kwargs: dict, tmp_path: Path) -> None:
+    """The real training step: its pair per step follows `choose_pair`; stage 2 changes the image branch only."""
+    seed_everything(0)
+    model = BayesPFL(**shared_kwargs, stage1_max_epochs=1)
+    calls, original = [], model.loss.forward
+
+    def recording_loss(outputs: dict, labels: torch.Tensor, masks: torch.Tensor, pair: int, stage: int, grid: tuple):
+        calls.append((pair, stage))
+        return original(outputs, labels, masks, pair, stage, grid)
+
+    model.loss.forward = recording_loss
+    heads = HeadAtEpochStart()
+    engine = Engine(max_epochs=2, default_root_dir=tmp_path, logger=False, enable_progress_bar=False, callbacks=[heads])
+    engine.fit(model, datamodule=demo_datamodule(synthetic_root))
+    pairs, stages = zip(*calls, strict=True)
+    assert list(pairs) == [choose_pair(3, seed=0, step=step) for step in range(len(calls))]
+    assert len(set(pairs)) > 1 and set(stages) == {1, 2}
+    switched, final = heads.heads[1], head_state_dict(model.model)
+    changed = {key for key, value in switched.items() if not torch.equal(value, final[key])}
+    assert changed and all(key.startswith("image_branch.") for key in changed), sorted(changed)

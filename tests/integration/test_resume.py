@@ -13,7 +13,6 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from anomalib_bayes_pfl import BayesPFL, generate_synthetic_dataset
 from anomalib_bayes_pfl.checkpoints import head_state_dict
 from anomalib_bayes_pfl.data import AuxiliaryTrain
-from anomalib_bayes_pfl.resume import StepSeeding
 
 pytestmark = pytest.mark.integration
 
@@ -86,8 +85,3 @@ def test_resume_matches_uninterrupted(
         key for key, value in expected.items() if torch.is_tensor(value) and not torch.equal(value, actual[key])
     ]
     assert not differing
-
-
-def test_training_mode_adds_step_seeding(tiny_kwargs: dict) -> None:
-    """`anomalib train` gets the step seeding without being asked for it."""
-    assert any(isinstance(callback, StepSeeding) for callback in BayesPFL(**tiny_kwargs).configure_callbacks())

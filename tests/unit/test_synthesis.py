@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 from torchvision.transforms import v2
 
@@ -74,7 +75,9 @@ class TestGenerator:
         torch.manual_seed(0)
         images = torch.rand(8, 3, 32, 32)
         foreground = attention_foreground(_blob_attention().expand(8, -1, -1), (32, 32), dilation=1)
-        out, masks, labels = ObjectAttentionAnomalyGenerator(probability=1.0)(images, foreground, torch.zeros(8))
+        out, masks, labels = ObjectAttentionAnomalyGenerator(probability=1.0)(
+            images, foreground, torch.zeros(8), torch.Generator().manual_seed(0)
+        )
         _check_synthesis(images, out, masks, foreground)
         assert torch.equal(labels, masks.flatten(1).any(1).float())
         assert labels.sum() >= 6  # the object covers 25 % of the image: most draws succeed
@@ -83,9 +86,13 @@ class TestGenerator:
     def test_real_anomalies_and_probability_zero_are_left_alone() -> None:
         """Images labelled anomalous are never touched; probability 0 adds nothing."""
         images, foreground = torch.rand(4, 3, 32, 32), torch.ones(4, 32, 32, dtype=torch.bool)
-        out, masks, labels = ObjectAttentionAnomalyGenerator(probability=1.0)(images, foreground, torch.ones(4))
+        out, masks, labels = ObjectAttentionAnomalyGenerator(probability=1.0)(
+            images, foreground, torch.ones(4), torch.Generator().manual_seed(0)
+        )
         assert torch.equal(out, images) and not masks.any() and labels.all()
-        out, masks, labels = ObjectAttentionAnomalyGenerator(probability=0.0)(images, foreground, torch.zeros(4))
+        out, masks, labels = ObjectAttentionAnomalyGenerator(probability=0.0)(
+            images, foreground, torch.zeros(4), torch.Generator().manual_seed(0)
+        )
         assert torch.equal(out, images) and not masks.any() and not labels.any()
 
     @staticmethod
@@ -93,19 +100,26 @@ class TestGenerator:
         """When no draw covers the minimum area of the object, the image stays normal (label 0)."""
         images, foreground = torch.rand(2, 3, 32, 32), torch.zeros(2, 32, 32, dtype=torch.bool)
         foreground[:, 0, 0] = True
-        out, masks, labels = ObjectAttentionAnomalyGenerator(probability=1.0)(images, foreground, torch.zeros(2))
+        out, masks, labels = ObjectAttentionAnomalyGenerator(probability=1.0)(
+            images, foreground, torch.zeros(2), torch.Generator().manual_seed(0)
+        )
         assert torch.equal(out, images) and not masks.any() and not labels.any()
 
     @staticmethod
-    def test_seeded_runs_repeat() -> None:
-        """The global seed fixes every draw (shapes, sources, textures, opacity)."""
+    def test_the_generator_fixes_every_draw() -> None:
+        """The given generator fixes every draw (shapes, sources, textures, opacity); the global one is untouched."""
         images, foreground = torch.rand(4, 3, 32, 32), torch.ones(4, 32, 32, dtype=torch.bool)
         generator = ObjectAttentionAnomalyGenerator(probability=1.0)
         torch.manual_seed(3)
-        first = generator(images, foreground, torch.zeros(4))
-        torch.manual_seed(3)
-        second = generator(images, foreground, torch.zeros(4))
+        first = generator(images, foreground, torch.zeros(4), torch.Generator().manual_seed(7))
+        after_first = torch.rand(1)
+        torch.manual_seed(4)
+        second = generator(images, foreground, torch.zeros(4), torch.Generator().manual_seed(7))
         assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+        torch.manual_seed(3)
+        assert torch.equal(torch.rand(1), after_first)  # no draw from the global generator
+        third = generator(images, foreground, torch.zeros(4), torch.Generator().manual_seed(8))
+        assert not torch.equal(first[0], third[0])
 
     @staticmethod
     def test_texture_folder_source(tmp_path: Path) -> None:
@@ -116,7 +130,7 @@ class TestGenerator:
         generator = ObjectAttentionAnomalyGenerator(probability=1.0, anomaly_source_path=tmp_path)
         assert generator.sources == ("noise", "self", "folder")
         images, foreground = torch.rand(6, 3, 32, 32), torch.ones(6, 32, 32, dtype=torch.bool)
-        out, masks, _ = generator(images, foreground, torch.zeros(6))
+        out, masks, _ = generator(images, foreground, torch.zeros(6), torch.Generator().manual_seed(0))
         _check_synthesis(images, out, masks, foreground)
         generator.check_sources()
         with pytest.raises(FileNotFoundError, match="not a folder"):
@@ -150,8 +164,10 @@ def test_training_inputs_stay_aligned_through_augmentation(synthetic_root: Path,
     batch = next(iter(datamodule.train_dataloader()))
     model = BayesPFL(**(tiny_kwargs | {"image_size": 96}), synthetic_anomalies=True, synthesis_probability=1.0)
     batch.image, batch.gt_mask = model.pre_processor.transform(batch.image, batch.gt_mask)  # as on_train_batch_start
-    torch.manual_seed(0)
-    images, labels, masks = model._training_inputs(batch)
+    backbone, layer = model.model.backbone, model.attention_layer
+    images, labels, masks = model.synthesis.training_batch(
+        batch.image, batch.gt_label, batch.gt_mask, backbone, layer, torch.Generator().manual_seed(0)
+    )
     real = batch.gt_label.bool()
     assert images.shape == (16, 3, 96, 96) and masks.shape == (16, 96, 96)
     assert torch.equal(masks[real], (batch.gt_mask[real] > 0.5).float())
@@ -164,6 +180,15 @@ def test_training_inputs_stay_aligned_through_augmentation(synthetic_root: Path,
     attention = model.model.backbone.class_attention(batch.image, model.attention_layer)
     foreground = attention_foreground(attention, (96, 96))
     assert (masks[~real].bool() <= foreground[~real]).all()
+    # Anomalies are drawn on the images in [0, 1] and the changed pixels normalised again, as CLIP expects.
+    mean, std = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1), torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    generator = torch.Generator().manual_seed(0)
+    chosen = model.synthesis.choose(batch.gt_label, generator)
+    drawn, drawn_masks, _ = model.synthesis.add_anomalies(
+        batch.image * std + mean, foreground[chosen], chosen, batch.gt_label, generator
+    )
+    expected = torch.where(drawn_masks.bool().unsqueeze(1), (drawn - mean) / std, batch.image)
+    torch.testing.assert_close(images, expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize(
