@@ -4,9 +4,9 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.bootstrap-stamp
 # Re-bootstrap whenever the packaging or the dev tooling changes (only real source files, so that a
 # devtools/__pycache__ directory cannot trigger a rebuild).
-BOOTSTRAP_DEPS := pyproject.toml constraints.txt $(wildcard devtools/*.py devtools/*.sh)
+BOOTSTRAP_DEPS := pyproject.toml constraints.txt $(filter-out devtools/mutants.py,$(wildcard devtools/*.py devtools/*.sh))
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint mutants
 
 setup: $(STAMP)
 
@@ -21,3 +21,8 @@ test: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# Mutation testing of known bugs (devtools/mutations.toml); slow, not part of CI.
+# Options through ARGS, e.g. make mutants ARGS="--only dice-eps-one --timeout 300".
+mutants: setup
+	$(PYTHON) devtools/mutants.py $(ARGS)

@@ -57,13 +57,19 @@ class TestScores:
         assert top_k_mean(anomaly_map, 100).item() == pytest.approx(1.5)
 
     @staticmethod
-    def test_alpha_weights_the_branches() -> None:
-        """alpha=1 scores with the image branch alone."""
-        generator = AnomalyMapGenerator(image_size=8, sigma=0.0, alpha=1.0, top_k=4)
-        image_logits = torch.tensor([[0.0, 3.0]])
-        score, anomaly_map = generator(image_logits, [torch.zeros(1, 4, 2)], (2, 2), (8, 8))
-        assert score.item() == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item())
-        assert anomaly_map.shape == (1, 8, 8)
+    @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+    def test_alpha_weights_the_branches(alpha: float) -> None:
+        """score = alpha * mean pair probability + (1 - alpha) * mean of the k largest values of the raw map."""
+        generator = AnomalyMapGenerator(image_size=8, sigma=0.0, alpha=alpha, top_k=4)
+        image_logits = torch.tensor([[0.0, 1.0, 3.0, -1.0]])  # pairs (0, 3) and (1, -1)
+        pixel_logits = [torch.tensor([[[0.0, 0.0], [0.0, 2.0], [1.0, 0.0], [0.0, 4.0]]])]  # 2 x 2 grid, 1 pair
+        score, anomaly_map = generator(image_logits, pixel_logits, (2, 2), (8, 8))
+        image = (torch.sigmoid(torch.tensor(3.0)) + torch.sigmoid(torch.tensor(-2.0))) / 2
+        top4 = anomaly_map.flatten().topk(4).values.mean()
+        assert anomaly_map[0, 0, 0] == pytest.approx(0.5) and anomaly_map[0, -1, -1] == pytest.approx(
+            torch.sigmoid(torch.tensor(4.0))
+        )
+        assert score.item() == pytest.approx((alpha * image + (1 - alpha) * top4).item(), abs=1e-6)
 
     @staticmethod
     @pytest.mark.parametrize(

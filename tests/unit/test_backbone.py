@@ -103,6 +103,16 @@ class TestConfiguration:
         assert isinstance(exact.clip.visual.transformer.resblocks[0].mlp.gelu, nn.GELU)
 
 
+class _CodeRunner:
+    """Pickles as a call that creates ``marker``: what a malicious weights file would smuggle in."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
 class TestWeights:
     """Local files, OpenAI-style archives, wrong architectures and offline tags."""
 
@@ -133,6 +143,16 @@ class TestWeights:
         torch.save({"visual.conv1.weight": torch.zeros(1)}, path)
         with pytest.raises(WeightsUnavailableError, match="do not fit the 'bayes-pfl-tiny' architecture"):
             ClipBackbone("bayes-pfl-tiny", str(path), image_size=64, feature_layers=(1,))
+
+    @staticmethod
+    def test_crafted_weights_file_never_runs(tmp_path: Path, backbone: ClipBackbone) -> None:
+        """CLIP weights are read with ``weights_only``: a pickle that calls code is refused without running it."""
+        marker = tmp_path / "code-ran"
+        path = tmp_path / "crafted.pt"
+        torch.save(backbone.clip.state_dict() | {"logit_scale": _CodeRunner(marker)}, path)
+        with pytest.raises(WeightsUnavailableError, match="Could not read CLIP weights"):
+            ClipBackbone("bayes-pfl-tiny", str(path), image_size=64, feature_layers=(1,))
+        assert not marker.exists()
 
     @staticmethod
     def test_missing_file() -> None:

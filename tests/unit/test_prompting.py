@@ -20,10 +20,12 @@ class TestClassNames:
             ("pipe_fryum", "pipe fryum"),
             ("macaroni2", "macaroni"),
             ("Bottle", "bottle"),
+            ("bottle_cap", "bottle cap"),  # outside the reference's map: underscores become spaces
+            ("Screw_Bag", "screw bag"),
         ],
     )
     def test_mapping(name: str, expected: str) -> None:
-        """The reference's renames and lower-casing."""
+        """The reference's renames and lower-casing; other names get spaces for underscores."""
         assert clean_class_name(name) == expected
 
     @staticmethod
