@@ -31,7 +31,6 @@ from typing import Any
 
 import torch
 from anomalib import LearningType
-from anomalib.callbacks.checkpoint import ModelCheckpoint
 from anomalib.data import Batch
 from anomalib.metrics import AUPR, AUPRO, AUROC, Evaluator, F1Max
 from anomalib.models.components import AnomalibModule
@@ -44,6 +43,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
 from . import defaults, training
+from .checkpointing import BestAndLastCheckpoint, drop_frozen_clip, restore_frozen_clip
 from .checkpoints import load_prompt_weights
 from .data.auxiliary import category_from_path
 from .loss import BayesPFLLoss
@@ -243,7 +243,7 @@ class BayesPFL(AnomalibModule):
         checkpointing = self._trainer is not None and self.trainer.checkpoint_callback is not None
         if not self.zero_shot and checkpointing:
             callbacks.append(
-                ModelCheckpoint(
+                BestAndLastCheckpoint(
                     dirpath=Path(self.trainer.default_root_dir) / "weights" / "lightning",
                     filename="model",
                     monitor=SELECTION_METRIC,
@@ -349,12 +349,14 @@ class BayesPFL(AnomalibModule):
             logger.info("Bayes-PFL: stage 1 ended after epoch %d; training the image branch.", self.current_epoch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the stage schedule's memory (best score, patience, best stage-1 weights) for resuming."""
+        """Keep the stage schedule's memory for resuming; leave the frozen CLIP out (it is rebuilt at load)."""
         super().on_save_checkpoint(checkpoint)
         checkpoint[STAGE_SWITCH_KEY] = self.stage_switch.state_dict()
+        drop_frozen_clip(checkpoint, self.model.backbone, dict(self.hparams))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the stage schedule saved by :meth:`on_save_checkpoint`."""
+        """Restore the stage schedule and put this model's CLIP back, if it is the one the head was trained on."""
         super().on_load_checkpoint(checkpoint)
+        restore_frozen_clip(checkpoint, self.model.backbone)
         if STAGE_SWITCH_KEY in checkpoint:
             self.stage_switch.load_state_dict(checkpoint[STAGE_SWITCH_KEY])
