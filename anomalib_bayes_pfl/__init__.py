@@ -17,7 +17,10 @@ Example:
 from __future__ import annotations
 
 import importlib
-from typing import Any
+
+TYPE_CHECKING = False  # typing itself is not imported: this module runs at interpreter start-up
+if TYPE_CHECKING:
+    from typing import Any
 
 _EXPORTS = {
     "AuxiliaryTrain": ".data",
