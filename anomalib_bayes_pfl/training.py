@@ -166,6 +166,7 @@ class StageSwitch:
         if self.best_head is not None:
             model.load_state_dict(self.best_head, strict=False)
         model.stage = 2
+        self.best_head = None  # served its purpose; stage-2 checkpoints need not carry a second head
         return True
 
     def state_dict(self) -> dict[str, Any]:

@@ -70,6 +70,7 @@ class TestStageSwitch:
         restored = head_state_dict(model)
         assert all(torch.equal(restored[key], value) for key, value in best.items())
         assert torch.all(prompt == 1.0)
+        assert switch.best_head is None  # not carried into stage-2 checkpoints
         assert not switch.end_of_epoch(model, 5, 0.9)  # stage 2: the rule is done
         assert model.stage == 2
 
