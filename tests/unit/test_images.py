@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -14,7 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from anomalib_bayes_pfl.images import BadImageError, read_rgb
+from anomalib_bayes_pfl.images import BadImageError, MultiFrameImageWarning, display_path, read_rgb
 from anomalib_bayes_pfl.lightning_model import BayesPFL
 
 PRE_PROCESS = BayesPFL.configure_pre_processor((64, 64)).transform
@@ -79,11 +80,72 @@ class TestModes:
         assert torch.equal(image[:, 0], torch.tensor([[0.0, 0.25, 1.0]] * 3))
 
     @staticmethod
+    @pytest.mark.parametrize(
+        ("values", "bits", "sample_format", "full_scale"),
+        [
+            ([0, 65535, 2**31, 2**32 - 1], 32, 1, 2**32 - 1),  # unsigned 32-bit: Pillow hands the bits over as int32
+            ([-(2**31), -5, 0, 2**30, 2**31 - 1], 32, 2, 2**31 - 1),  # signed 32-bit: negatives become 0
+            ([-32768, -1, 0, 16384, 32767], 16, 2, 32767),  # signed 16-bit, which Pillow also opens as mode "I"
+        ],
+        ids=["uint32", "int32", "int16"],
+    )
+    def test_integer_tiff_is_scaled_by_its_sample_type(
+        tmp_path: Path, values: list[int], bits: int, sample_format: int, full_scale: int
+    ) -> None:
+        """A mode "I" TIFF is divided by the largest value of the type it declares (16-bit: 65535), not clipped."""
+        path = _integer_tiff(tmp_path / "sensor.tif", values, bits, sample_format)
+        assert Image.open(path).mode == "I"
+        image = read_rgb(path)
+        expected = np.clip(np.array(values, dtype=np.float64) / full_scale, 0, 1).astype(np.float32)
+        assert torch.equal(image, torch.from_numpy(expected).view(1, 1, -1).expand(3, 1, -1))
+
+    @staticmethod
+    def test_pillow_int32_tiff_keeps_the_type_rule(tmp_path: Path) -> None:
+        """Pillow writes mode "I" as signed 32-bit: 16-bit values in it are scaled by 2**31 - 1 too (no guessing)."""
+        values = np.array([[0, 65535, 2**31 - 1]], dtype=np.int32)
+        image = read_rgb(_save(tmp_path, Image.fromarray(values), "converted.tif"))
+        expected = (values.astype(np.float64) / (2**31 - 1)).astype(np.float32)
+        assert torch.equal(image[0], torch.from_numpy(expected))
+
+    @staticmethod
+    def test_sixteen_bit_pgm_is_scaled_by_65535(tmp_path: Path) -> None:
+        """Pillow opens 16-bit PGM as mode "I" with 16-bit values: other formats than TIFF keep the 65535 scale."""
+        values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
+        path = _save(tmp_path, Image.fromarray(values), "depth.pgm")
+        assert Image.open(path).mode == "I"
+        expected = (values.astype(np.float64) / 65535).astype(np.float32)
+        assert torch.equal(read_rgb(path)[0], torch.from_numpy(expected))
+
+    @staticmethod
+    def test_multi_frame_tiff_uses_first_frame_and_warns(tmp_path: Path) -> None:
+        """A 3-page TIFF reads as its first page, with a warning naming the file and the frame count."""
+        frames = [Image.new("L", (4, 3), value) for value in (10, 20, 30)]
+        path = tmp_path / "stack.tif"
+        frames[0].save(path, save_all=True, append_images=frames[1:])
+        with pytest.warns(MultiFrameImageWarning, match=r"stack\.tif has 3 frames; only the first is used"):
+            image = read_rgb(path)
+        assert torch.equal(image, torch.full((3, 3, 4), 10 / 255))
+
+    @staticmethod
     def test_jpeg_reads_as_rgb(tmp_path: Path) -> None:
         """Lossy JPEG (``.jpeg`` and ``.jpg``) reads as 3 channels in [0, 1]."""
         image = read_rgb(_save(tmp_path, Image.new("L", (9, 4), 200), "photo.jpeg"))
         assert image.shape == (3, 4, 9)
         assert torch.allclose(image, torch.full_like(image, 200 / 255), atol=2 / 255)
+
+
+def _integer_tiff(path: Path, values: list[int], bits: int, sample_format: int) -> Path:
+    """A one-row grayscale TIFF of ``bits``-bit integers; ``sample_format`` 1 is unsigned, 2 signed (TIFF tag 339)."""
+    dtype = {(32, 1): "<u4", (32, 2): "<i4", (16, 2): "<i2"}[bits, sample_format]
+    data = np.array(values, dtype=dtype).tobytes()
+    tags = [(256, len(values)), (257, 1), (258, bits), (259, 1), (262, 1), (273, 0), (277, 1), (278, 1)]
+    tags += [(279, len(data)), (339, sample_format)]
+    data_offset = 8 + 2 + 12 * len(tags) + 4
+    directory = struct.pack("<H", len(tags))
+    for tag, value in tags:  # every value as a LONG (type 4), which readers accept for these tags
+        directory += struct.pack("<HHII", tag, 4, 1, data_offset if tag == 273 else value)
+    path.write_bytes(b"II*\x00" + struct.pack("<I", 8) + directory + struct.pack("<I", 0) + data)
+    return path
 
 
 def _empty_file(tmp_path: Path) -> Path:
@@ -137,6 +199,28 @@ class TestBadFiles:
         with pytest.raises(BadImageError, match=reason) as info:
             read_rgb(path)
         assert str(path) in str(info.value)
+        assert info.value.path == path
+
+    @staticmethod
+    @pytest.mark.timeout(60)
+    def test_fifo_is_refused_without_opening(tmp_path: Path) -> None:
+        """A named pipe is not opened (opening it would wait for a writer forever)."""
+        path = tmp_path / "stream.png"
+        os.mkfifo(path)
+        with pytest.raises(BadImageError, match=r"not a regular file \(named pipe\)"):
+            read_rgb(path)
+
+    @staticmethod
+    def test_name_that_is_not_utf8_is_shown_escaped(tmp_path: Path) -> None:
+        """A file name with a byte that is not UTF-8 appears in the message as \\xff, printable anywhere."""
+        with open(os.path.join(os.fsencode(tmp_path), b"bad\xff.png"), "wb") as file:
+            file.write(b"not an image")
+        path = next(tmp_path.iterdir())
+        with pytest.raises(BadImageError) as info:
+            read_rgb(path)
+        message = str(info.value).encode("utf-8")  # a lone surrogate (how Python holds the byte) would raise here
+        assert message.endswith(b"bad\\xff.png: not a readable image (empty, corrupt, or another kind of file)")
+        assert display_path(path) == f"{tmp_path}/bad\\xff.png"
         assert info.value.path == path
 
 
