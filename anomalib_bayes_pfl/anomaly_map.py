@@ -20,6 +20,9 @@ Paper:
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.models.components import GaussianBlur2d
@@ -73,6 +76,47 @@ def top_k_mean(anomaly_map: torch.Tensor, k: int) -> torch.Tensor:
     return flat.topk(min(k, flat.shape[1]), dim=1).values.mean(dim=1)
 
 
+def _is_real(value: object) -> bool:
+    """A real number that is not a bool (``True`` is an ``int`` in Python, never a setting here)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_scoring_settings(image_size: int, sigma: object, alpha: object, top_k: object) -> tuple[float, float, int]:
+    """Validate the scoring settings at construction, so a bad value fails there and not at the first forward.
+
+    Args:
+        image_size (int): Side of the input; the smoothing kernel must be smaller.
+        sigma (object): ``gaussian_sigma``: a finite real number >= 0.
+        alpha (object): ``score_alpha``: a real number in [0, 1] (NaN is not).
+        top_k (object): ``top_k``: an integer >= 1 (``bool`` and floats such as ``2.5`` or ``3.0`` are not).
+
+    Returns:
+        tuple[float, float, int]: ``(sigma, alpha, top_k)`` as plain Python numbers.
+
+    Raises:
+        ValueError: Naming the argument, its value and what it must be.
+
+    Example:
+        >>> check_scoring_settings(64, 1, 0.5, 20)
+        (1.0, 0.5, 20)
+    """
+    if not _is_real(alpha) or not 0.0 <= float(alpha) <= 1.0:
+        msg = f"score_alpha={alpha!r} must be a number in [0, 1]."
+        raise ValueError(msg)
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
+        msg = f"top_k={top_k!r} must be an integer >= 1 (pixels averaged into the image score)."
+        raise ValueError(msg)
+    if not _is_real(sigma) or not math.isfinite(float(sigma)) or float(sigma) < 0:
+        msg = f"gaussian_sigma={sigma!r} must be a finite number >= 0 (0 disables smoothing)."
+        raise ValueError(msg)
+    if compute_kernel_size(float(sigma)) // 2 >= image_size:
+        msg = (
+            f"gaussian_sigma={sigma!r} gives a smoothing kernel larger than image_size={image_size}; use a smaller one."
+        )
+        raise ValueError(msg)
+    return float(sigma), float(alpha), int(top_k)
+
+
 class AnomalyMapGenerator(nn.Module):
     """Fuses per-layer pixel logits and image logits into the anomaly map and the image score.
 
@@ -81,6 +125,10 @@ class AnomalyMapGenerator(nn.Module):
         sigma (float): Gaussian smoothing of the map in pixels; ``0`` disables it. Defaults to ``8``.
         alpha (float): Weight of the image branch in the score. Defaults to ``0.5``.
         top_k (int): Pixels averaged for the map's share of the score. Defaults to ``2000``.
+
+    Raises:
+        ValueError: If a setting is not finite, out of range or (``top_k``) not an integer; see
+            :func:`check_scoring_settings`.
     """
 
     def __init__(
@@ -91,15 +139,7 @@ class AnomalyMapGenerator(nn.Module):
         top_k: int = defaults.TOP_K,
     ) -> None:
         super().__init__()
-        if not 0.0 <= alpha <= 1.0:
-            msg = f"score_alpha={alpha} must lie in [0, 1]."
-            raise ValueError(msg)
-        if top_k < 1:
-            msg = f"top_k={top_k} must be at least 1."
-            raise ValueError(msg)
-        if sigma < 0 or compute_kernel_size(sigma) // 2 >= image_size:
-            msg = f"gaussian_sigma={sigma} must be >= 0 and its kernel smaller than image_size={image_size}."
-            raise ValueError(msg)
+        sigma, alpha, top_k = check_scoring_settings(image_size, sigma, alpha, top_k)
         self.alpha, self.top_k = alpha, top_k
         self.blur = GaussianBlur2d(sigma=sigma, channels=1) if sigma > 0 else nn.Identity()
 

@@ -22,8 +22,11 @@ Paper:
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
+import os
 import zipfile
 from collections.abc import Iterator, Sequence
 from importlib import resources
@@ -173,30 +176,141 @@ def vision_depth(name: str) -> int:
     return _vision_config(name)["layers"]
 
 
+TRUST_REMOTE_CODE = "TRUST_REMOTE_CODE"
+"""Environment variable that allows loading files whose loading runs code, as for anomalib's pickled exports
+(``anomalib.deploy.TorchInferencer``): ``1`` or ``true`` (any case) allows it."""
+
+CONVERT_COMMAND = "python -m anomalib_bayes_pfl.convert_clip"
+"""Command that converts a TorchScript archive once into a plain state-dict file (:mod:`.convert_clip`)."""
+
+OPENAI_URL_HOST = "openaipublic"
+"""open_clip's ``openai`` tags download OpenAI's archives from this host; the URL's folder is the file's SHA-256."""
+
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+"""SHA-256 of files already hashed in this process, by (resolved path, size, modification time)."""
+
+
+def trusts_remote_code() -> bool:
+    """Whether ``TRUST_REMOTE_CODE`` allows loading files that run code (anomalib's rule: ``1`` or ``true``)."""
+    return os.environ.get(TRUST_REMOTE_CODE, "0").lower() in {"1", "true"}
+
+
 def _is_torchscript_archive(path: Path) -> bool:
-    """OpenAI's released CLIP files are TorchScript zips; they contain a ``code/`` folder."""
+    """TorchScript zips (OpenAI's released CLIP files among them) hold code: a ``code/`` folder, ``constants.pkl``."""
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as archive:
-        return any("/code/" in name for name in archive.namelist())
+        return any("/code/" in name or name.endswith("constants.pkl") for name in archive.namelist())
+
+
+@functools.cache
+def published_openai_hashes() -> frozenset[str]:
+    """SHA-256 digests of OpenAI's released CLIP archives, as open_clip's pretrained registry pins them."""
+    digests = set()
+    for name, tag in open_clip.list_pretrained():
+        url = open_clip.get_pretrained_cfg(name, tag).get("url", "")
+        parts = url.split("/")
+        if OPENAI_URL_HOST in url and len(parts) > 1 and len(parts[-2]) == 64:
+            digests.add(parts[-2].lower())
+    return frozenset(digests)
+
+
+def _sha256(path: Path) -> str:
+    """SHA-256 of a file, hashed once per process (OpenAI's ViT-L-14-336 archive is 0.9 GB)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        digest = hashlib.sha256()
+        with path.open("rb") as file:
+            for block in iter(functools.partial(file.read, 1 << 20), b""):
+                digest.update(block)
+        _HASH_CACHE[key] = digest.hexdigest()
+    return _HASH_CACHE[key]
+
+
+def is_published_openai_archive(path: Path) -> bool:
+    """Whether ``path`` is byte for byte one of OpenAI's released archives (what the ``openai`` tags download).
+
+    Such a file runs only OpenAI's published code, which open_clip itself loads for the ``openai`` tags after the
+    same checksum test, so it needs no opt-in.
+    """
+    return _sha256(path) in published_openai_hashes()
+
+
+def read_torchscript_archive(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a TorchScript archive. Loading it RUNS CODE stored in the file: trusted files only.
+
+    This is the one place an archive is opened; callers decide trust (:func:`_read_state_dict` through
+    ``TRUST_REMOTE_CODE`` or the published checksums, :mod:`.convert_clip` by being run on the file).
+    """
+    return torch.jit.load(str(path), map_location="cpu").state_dict()
+
+
+def _untrusted_archive_message(path: Path) -> str:
+    """Why an archive is refused and the two ways forward: convert it once, or opt in."""
+    converted = path.with_name(f"{path.stem}-state-dict.pt")
+    return (
+        f"{path} is a TorchScript archive: loading it runs code stored in the file, which is disabled by default "
+        "(it is not one of OpenAI's released archives, whose checksums open_clip pins). If you trust its source, "
+        f"convert it once into a plain weights file and use that: `{CONVERT_COMMAND} {path} {converted}`, then "
+        f"pretrained='{converted}' (--model.pretrained {converted}); or set the environment variable "
+        f"{TRUST_REMOTE_CODE}=1 to load archives directly, as anomalib requires for pickled models."
+    )
 
 
 def _read_state_dict(path: Path, torchscript: bool) -> dict[str, torch.Tensor]:
-    """Read CLIP weights from an open_clip checkpoint or (``torchscript``) an OpenAI TorchScript archive, safely."""
+    """Read CLIP weights: a state dict with ``weights_only``, or (``torchscript``) a TorchScript archive.
+
+    State dicts are open_clip checkpoints or OpenAI-layout files (such as :mod:`.convert_clip` writes). An archive
+    runs code when loaded, so it is read only if it is one of OpenAI's released archives (checksum) or
+    ``TRUST_REMOTE_CODE=1`` is set; otherwise the error says how to convert it once with :mod:`.convert_clip`.
+
+    Raises:
+        WeightsUnavailableError: If the file cannot be read safely, or is an archive that is not trusted.
+    """
     if torchscript:
-        state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
+        published = is_published_openai_archive(path)
+        if not (published or trusts_remote_code()):
+            raise WeightsUnavailableError(_untrusted_archive_message(path))
+        if not published:
+            logger.warning(
+                "%s=1: loading the TorchScript archive %s runs code stored in it. Only do this for files you trust.",
+                TRUST_REMOTE_CODE,
+                path,
+            )
+        state_dict = read_torchscript_archive(path)
     else:
         try:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-            msg = f"Could not read CLIP weights from {path}: {error}. Expected an open_clip/OpenAI CLIP checkpoint."
+            reason = str(error).splitlines()[0][:300] if str(error).strip() else type(error).__name__
+            msg = f"Could not read CLIP weights from {path}: {reason}. Expected an open_clip/OpenAI CLIP checkpoint."
             raise WeightsUnavailableError(msg) from None
         if isinstance(state_dict, dict) and "state_dict" in state_dict:
             state_dict = state_dict["state_dict"]
+        if not isinstance(state_dict, dict) or not all(isinstance(key, str) for key in state_dict):
+            msg = f"{path} does not hold a state dict of CLIP weights. Expected an open_clip/OpenAI CLIP checkpoint."
+            raise WeightsUnavailableError(msg)
     state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
     for key in NON_WEIGHT_KEYS:
         state_dict.pop(key, None)
     return state_dict
+
+
+def _has_openai_layout(path: Path) -> bool:
+    """Whether a state-dict file is in OpenAI's layout: it keeps OpenAI's ``input_resolution`` entry.
+
+    :mod:`.convert_clip` writes OpenAI's archives this way. Such weights were trained with QuickGELU, so
+    ``activation="auto"`` treats the file as it treats the archive. Tensors are memory-mapped, nothing is copied.
+    """
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable files are reported by the actual load
+        return False
+    content = content.get("state_dict", content) if isinstance(content, dict) else None
+    return isinstance(content, dict) and any(key in content for key in ("input_resolution", "module.input_resolution"))
 
 
 def _download(name: str, tag: str) -> Path:
@@ -291,7 +405,9 @@ class ClipBackbone(nn.Module):
         architecture = model_name(name)
         weights = resolve_weights(architecture, pretrained)
         torchscript = weights is not None and _is_torchscript_archive(weights)
-        quick_gelu = _wants_quick_gelu(activation, openai_weights=pretrained == "openai" or torchscript)
+        openai_layout = weights is not None and not torchscript and _has_openai_layout(weights)
+        openai_weights = pretrained == "openai" or torchscript or openai_layout
+        quick_gelu = _wants_quick_gelu(activation, openai_weights=openai_weights)
         self.clip = open_clip.create_model(
             architecture, pretrained=None, force_image_size=image_size, force_quick_gelu=quick_gelu
         )

@@ -44,7 +44,12 @@ from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Res
 
 from . import defaults, training
 from .checkpointing import BestAndLastCheckpoint, drop_frozen_clip, restore_frozen_clip
-from .checkpoints import load_prompt_weights
+from .checkpoints import (
+    check_checkpoint_file,
+    guard_checkpoint_loading,
+    load_prompt_weights,
+    validate_stage_switch_state,
+)
 from .data.auxiliary import category_from_path
 from .loss import BayesPFLLoss
 from .meta_guidance import MetaGuidance
@@ -265,8 +270,12 @@ class BayesPFL(AnomalibModule):
         return [stage1, stage2], [{"scheduler": schedule, "interval": "step"}]
 
     def setup(self, stage: str) -> None:
-        """Write the test category into the prompts (zero-shot), unless a class name was given."""
+        """Check ``--ckpt_path`` files before Lightning reads them; write the test category into the prompts.
+
+        The category is written in zero-shot mode, unless a class name was given.
+        """
         del stage
+        guard_checkpoint_loading(self)
         if not self.zero_shot or self.hparams.class_name is not None or self._trainer is None:
             return
         category = getattr(self.trainer.datamodule, "category", None)
@@ -348,6 +357,12 @@ class BayesPFL(AnomalibModule):
         if self.stage_switch.end_of_epoch(self.model, self.current_epoch, None if value is None else float(value)):
             logger.info("Bayes-PFL: stage 1 ended after epoch %d; training the image branch.", self.current_epoch)
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> BayesPFL:  # noqa: ANN401
+        """Anomalib's loader (``export``, Python), after checking the file is a BayesPFL checkpoint."""
+        check_checkpoint_file(checkpoint_path)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the stage schedule's memory for resuming; leave the frozen CLIP out (it is rebuilt at load)."""
         super().on_save_checkpoint(checkpoint)
@@ -359,4 +374,4 @@ class BayesPFL(AnomalibModule):
         super().on_load_checkpoint(checkpoint)
         restore_frozen_clip(checkpoint, self.model.backbone)
         if STAGE_SWITCH_KEY in checkpoint:
-            self.stage_switch.load_state_dict(checkpoint[STAGE_SWITCH_KEY])
+            self.stage_switch.load_state_dict(validate_stage_switch_state(checkpoint[STAGE_SWITCH_KEY]))

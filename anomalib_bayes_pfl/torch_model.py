@@ -27,6 +27,7 @@ from torch import nn
 from . import defaults
 from .anomaly_map import AnomalyMapGenerator
 from .backbone import ClipBackbone
+from .checkpoints import validate_extra_state
 from .image_branch import ImageBranch
 from .prompt_flow import PromptFlow
 from .prompting import PromptBank, check_class_names, inject_prompts, tokenize_class_names
@@ -145,10 +146,18 @@ class BayesPFLModel(nn.Module):
         """Store the training stage and the class name with the weights."""
         return {"stage": self.stage, "class_name": self.class_name}
 
-    def set_extra_state(self, state: dict[str, int | str]) -> None:
-        """Restore the stage and class name saved by :meth:`get_extra_state`."""
-        self.stage = int(state["stage"])
-        self.set_class_name(str(state["class_name"]))
+    def set_extra_state(self, state: object) -> None:
+        """Restore the stage and class name saved by :meth:`get_extra_state`, checking them first.
+
+        The state comes from a file (a head, a checkpoint), so its types and sizes are checked before use (see
+        :func:`~anomalib_bayes_pfl.checkpoints.validate_extra_state`); on an error nothing changes.
+
+        Raises:
+            ValueError: If ``state`` is not ``{"stage": 1 | 2, "class_name": str}`` with a short class name.
+        """
+        state = validate_extra_state(state)
+        self.set_class_name(state["class_name"])
+        self.stage = state["stage"]
 
     # -- parameter groups (learning rates differ per group) ----------------------------------------------------
 

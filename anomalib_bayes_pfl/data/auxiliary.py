@@ -41,6 +41,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import numbers
 import operator
 import zlib
 from collections.abc import Sequence
@@ -50,6 +51,8 @@ import numpy as np
 from anomalib.data.datamodules.base.image import AnomalibDataModule
 from anomalib.data.datasets import FolderDataset, MVTecADDataset, VisaDataset
 from anomalib.data.datasets.base.image import AnomalibDataset
+from anomalib.data.datasets.image.mvtecad import IMG_EXTENSIONS as MVTEC_EXTENSIONS
+from anomalib.data.datasets.image.visa import EXTENSIONS as VISA_EXTENSIONS
 from anomalib.data.utils import Split, TestSplitMode, ValSplitMode
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Transform
@@ -65,6 +68,10 @@ SUPPORTED_FORMATS: tuple[str, ...] = ("mvtec", "visa", "folder")
 
 #: What :class:`AuxiliaryTrain` trains on: the labelled test split, the normal train split, or both.
 TRAIN_SPLITS: tuple[str, ...] = ("test", "train", "both")
+
+#: Largest seed accepted: the range of ``lightning.seed_everything`` (NumPy's legacy seeds). The epoch shuffle
+#: seeds ``seed * 1_000_003 + epoch``, which must fit torch's 64-bit generator seed; this range keeps it far inside.
+MAX_SEED = 2**32 - 1
 
 _SPLIT_FOLDERS = frozenset({"train", "test", "ground_truth"})
 _VISA_SPLIT_FOLDER = "visa_pytorch"  # where anomalib's Visa datamodule writes its converted layout
@@ -195,12 +202,64 @@ def _folder_test_dataset(folder: Path) -> FolderDataset:
     )
 
 
+def _mask_matches(image_stem: str, mask_stem: str) -> bool:
+    """Whether a mask names an image: ``000.png`` <- ``000.png`` (VisA) or ``000_mask.png`` (MVTec AD)."""
+    return mask_stem == image_stem or mask_stem.startswith(f"{image_stem}_")
+
+
+def _check_masks(folder: Path, extensions: Sequence[str], role: str) -> None:
+    """Every anomalous test image needs its mask in ``ground_truth/<defect>/``, and every mask its image.
+
+    anomalib's MVTec AD and VisA readers pair images and masks by sorted position, so one missing mask otherwise
+    ends in pandas' ``Must have equal len keys and value``; here the folder or the image is named instead.
+
+    Raises:
+        FileNotFoundError: If the ground-truth folder, a mask or a mask's image is missing.
+    """
+    test, truth = folder / "test", folder / "ground_truth"
+    images = {
+        defect.name: sorted(path for path in defect.iterdir() if path.suffix in extensions)
+        for defect in _subfolders(test)
+        if defect.name != "good"
+    }
+    if not any(images.values()):
+        return
+    fix = "Bayes-PFL needs a pixel mask for every anomalous image: add the missing masks or remove those images."
+    if not truth.is_dir():
+        msg = (
+            f"{role} category '{folder.name}' has anomalous images in '{test}' but no ground_truth folder "
+            f"'{truth}' (expected masks as ground_truth/<defect>/<image name>_mask.png). {fix}"
+        )
+        raise FileNotFoundError(msg)
+    for defect, defect_images in images.items():
+        mask_folder = truth / defect
+        masks = (
+            sorted(path for path in mask_folder.iterdir() if path.suffix in extensions) if mask_folder.is_dir() else []
+        )
+        for image in defect_images:
+            if not any(_mask_matches(image.stem, mask.stem) for mask in masks):
+                msg = (
+                    f"{role} category '{folder.name}': the anomalous image '{image}' has no mask in '{mask_folder}' "
+                    f"(expected '{image.stem}_mask.png' or '{image.stem}.png'). {fix}"
+                )
+                raise FileNotFoundError(msg)
+        for mask in masks:
+            if not any(_mask_matches(image.stem, mask.stem) for image in defect_images):
+                msg = (
+                    f"{role} category '{folder.name}': the mask '{mask}' has no image in '{test / defect}'. Remove "
+                    "the mask or add its image (images and masks are paired by name)."
+                )
+                raise FileNotFoundError(msg)
+
+
 def _test_dataset(root: Path, category: str, dataset_format: str, role: str) -> AnomalibDataset:
-    """The test split of one category, read with the matching anomalib dataset class."""
+    """The test split of one category, read with the matching anomalib dataset class (masks checked first)."""
     folder = _check_category_folder(root, category, dataset_format, role)
     if dataset_format == "mvtec":
+        _check_masks(folder, MVTEC_EXTENSIONS, role)
         return MVTecADDataset(root=root, category=category, split=Split.TEST)
     if dataset_format == "visa":
+        _check_masks(folder, VISA_EXTENSIONS, role)
         return VisaDataset(root=folder.parent, category=category, split=Split.TEST)
     return _folder_test_dataset(folder)
 
@@ -256,6 +315,23 @@ def _stratified_holdout(
     return dataset.subsample(kept), dataset.subsample(sorted(held_out))
 
 
+def _check_seed(seed: object) -> int | None:
+    """``None`` or an integer in ``[0, MAX_SEED]`` (not a bool), checked when the datamodule is built.
+
+    Raises:
+        ValueError: Otherwise; a seed such as ``2**50`` would fail only at the first batch (torch's 64-bit seed).
+    """
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+        msg = (
+            f"seed={seed!r} must be None or an integer in [0, {MAX_SEED}] (the range lightning.seed_everything "
+            "accepts); it seeds the held-out split and the per-epoch shuffle."
+        )
+        raise ValueError(msg)
+    return int(seed)
+
+
 def _category_rng(seed: int | None, category: str) -> np.random.Generator:
     """One generator per category, so adding a category does not change the others' held-out images."""
     if seed is None:
@@ -283,7 +359,8 @@ class AuxiliaryTrain(AnomalibDataModule):
         val_augmentations: Augmentations for validation images.
         test_augmentations: Augmentations for test images.
         augmentations: Fallback for any split without its own augmentations.
-        seed: Seed of the held-out split; ``None`` draws a new split every run.
+        seed: Seed of the held-out split and of the per-epoch shuffle, an integer in ``[0, 2**32 - 1]`` (the
+            range of ``lightning.seed_everything``); ``None`` draws a new split every run.
         train_split: Source images trained on: ``"test"`` (the labelled test split minus the held-out part, as
             in the paper), ``"train"`` (the normal-only train split: human-free training, needs
             ``BayesPFL(synthetic_anomalies=True)``) or ``"both"`` (real and synthetic anomalies mixed).
@@ -291,7 +368,9 @@ class AuxiliaryTrain(AnomalibDataModule):
 
     Raises:
         ValueError: If ``val_ratio`` is outside ``(0, 1)``, a format is unknown, a category list is
-            empty, or ``target_root`` is given without ``target_categories``.
+            empty, ``target_root`` is given without ``target_categories``, or ``seed`` is out of range.
+        FileNotFoundError: At setup, if a folder is missing, or (MVTec AD / VisA layouts) an anomalous image has
+            no mask or a mask no image.
 
     Example:
         >>> datamodule = AuxiliaryTrain(
@@ -327,6 +406,7 @@ class AuxiliaryTrain(AnomalibDataModule):
         if not 0.0 < float(val_ratio) < 1.0:
             msg = f"val_ratio={val_ratio} must lie strictly between 0 and 1 (e.g. 0.1 holds out 10% per group)."
             raise ValueError(msg)
+        seed = _check_seed(seed)
         super().__init__(
             train_batch_size=train_batch_size,
             eval_batch_size=eval_batch_size,

@@ -127,11 +127,18 @@ class TestWeights:
         assert resized.clip.visual.positional_embedding.shape[0] == resized.grid_size[0] ** 2 + 1
 
     @staticmethod
-    def test_torchscript_archive(tmp_path: Path) -> None:
-        """An OpenAI-style TorchScript archive loads, and ``auto`` then picks QuickGELU as OpenAI trained with."""
+    def test_torchscript_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """An OpenAI-style TorchScript archive runs code when loaded: refused by default (naming the opt-in and the
+        conversion), it loads with ``TRUST_REMOTE_CODE=1``, and ``auto`` then picks QuickGELU as OpenAI trained with.
+        """
         source = ClipBackbone("bayes-pfl-tiny", None, 64, (1,), activation="quick_gelu").clip
         path = tmp_path / "archive.pt"
         torch.jit.save(torch.jit.script(source), str(path))
+        monkeypatch.delenv("TRUST_REMOTE_CODE", raising=False)
+        with pytest.raises(WeightsUnavailableError, match="TRUST_REMOTE_CODE=1") as info:
+            ClipBackbone("bayes-pfl-tiny", str(path), image_size=64, feature_layers=(2,))
+        assert "python -m anomalib_bayes_pfl.convert_clip" in str(info.value)
+        monkeypatch.setenv("TRUST_REMOTE_CODE", "1")
         loaded = ClipBackbone("bayes-pfl-tiny", str(path), image_size=64, feature_layers=(2,))
         assert torch.equal(loaded.clip.token_embedding.weight, source.token_embedding.weight)
         assert type(loaded.clip.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
