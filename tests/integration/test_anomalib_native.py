@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from anomalib_bayes_pfl import plugin
 
@@ -216,3 +217,22 @@ def test_wrapper_command_registers_plugins() -> None:
     """`anomalib-bayes-pfl` is anomalib's CLI with the plugins registered first."""
     wrapper = str(Path(sys.executable).with_name("anomalib-bayes-pfl"))
     assert "--model" in _run(wrapper, "train", "--help").stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"), [(b"", "is empty (0 bytes)"), (b"hello", "is not a PyTorch checkpoint")]
+)
+def test_wrong_ckpt_path_is_named(content: bytes, expected: str, tmp_path: Path) -> None:
+    """`anomalib predict --ckpt_path` with an empty or text file: one message naming the file and what to pass."""
+    bad = tmp_path / "model.ckpt"
+    bad.write_bytes(content)
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "part.png")
+    completed = subprocess.run(
+        [ANOMALIB, "predict", *TINY_CLI, "--model.pretrained", "null", "--ckpt_path", str(bad), "--data",
+         "SafePredictFolder", "--data.path", str(tmp_path / "images"), "--default_root_dir", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600, env=os.environ | {"PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    assert completed.returncode != 0
+    message = " ".join(completed.stderr.split())  # the console wraps long lines
+    assert f"model.ckpt {expected}" in message and "as --ckpt_path" in message
