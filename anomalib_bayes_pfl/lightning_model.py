@@ -44,16 +44,12 @@ from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Res
 
 from . import defaults, training
 from .checkpointing import BestAndLastCheckpoint, drop_frozen_clip, restore_frozen_clip
-from .checkpoints import (
-    check_checkpoint_file,
-    guard_checkpoint_loading,
-    load_prompt_weights,
-    validate_stage_switch_state,
-)
+from .checkpoints import load_prompt_weights
 from .data.auxiliary import category_from_path
 from .loss import BayesPFLLoss
 from .meta_guidance import MetaGuidance
 from .resume import run_seed
+from .safe_loading import check_checkpoint_file, guard_checkpoint_loading, validate_stage_switch_state
 from .synthesis import ObjectAttentionAnomalyGenerator, attention_block
 from .torch_model import BayesPFLModel
 

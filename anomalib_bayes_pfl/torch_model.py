@@ -27,11 +27,11 @@ from torch import nn
 from . import defaults
 from .anomaly_map import AnomalyMapGenerator
 from .backbone import ClipBackbone
-from .checkpoints import validate_extra_state
 from .image_branch import ImageBranch
 from .prompt_flow import PromptFlow
 from .prompting import PromptBank, check_class_names, inject_prompts, tokenize_class_names
 from .rca import ResidualCrossModalAttention
+from .safe_loading import validate_extra_state
 
 INITIAL_TEMPERATURE = math.log(1 / 0.07)
 """Initial log logit scale of the image and pixel branches (CLIP's 1/0.07)."""
@@ -150,7 +150,7 @@ class BayesPFLModel(nn.Module):
         """Restore the stage and class name saved by :meth:`get_extra_state`, checking them first.
 
         The state comes from a file (a head, a checkpoint), so its types and sizes are checked before use (see
-        :func:`~anomalib_bayes_pfl.checkpoints.validate_extra_state`); on an error nothing changes.
+        :func:`~anomalib_bayes_pfl.safe_loading.validate_extra_state`); on an error nothing changes.
 
         Raises:
             ValueError: If ``state`` is not ``{"stage": 1 | 2, "class_name": str}`` with a short class name.

@@ -24,7 +24,9 @@ from lightning.pytorch import Trainer
 from anomalib_bayes_pfl import BayesPFL, load_prompt_weights, save_prompt_weights
 from anomalib_bayes_pfl.anomaly_map import AnomalyMapGenerator
 from anomalib_bayes_pfl.backbone import ClipBackbone, WeightsUnavailableError
-from anomalib_bayes_pfl.checkpoints import (
+from anomalib_bayes_pfl.convert_clip import main as convert_clip
+from anomalib_bayes_pfl.data import AuxiliaryTrain
+from anomalib_bayes_pfl.safe_loading import (
     MAX_CLASS_NAME_LENGTH,
     _quote,
     check_checkpoint_file,
@@ -32,8 +34,6 @@ from anomalib_bayes_pfl.checkpoints import (
     validate_extra_state,
     validate_stage_switch_state,
 )
-from anomalib_bayes_pfl.convert_clip import main as convert_clip
-from anomalib_bayes_pfl.data import AuxiliaryTrain
 from anomalib_bayes_pfl.torch_model import BayesPFLModel
 
 pytestmark = pytest.mark.integration
