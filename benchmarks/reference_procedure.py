@@ -7,7 +7,7 @@ the maps are averaged afterwards. Our model cuts the text after the longest prom
 batch in one pass and upsamples logit differences. This module is the unoptimised procedure that the latency
 harness (``latency.py``) times against the model. It is a re-implementation, not the reference itself, so it is no
 evidence of faithfulness: that is checked against outputs of the official code
-(``tests/unit/test_reference_fixtures.py`` with ``tests/fixtures/reference``). The evaluation noise of the model
+(``tests/unit/test_reference_fixtures.py`` with ``shared/fixtures/reference``). The evaluation noise of the model
 replaces the reference's fresh draws; test-set min-max normalisation and SciPy smoothing are left out.
 """
 

@@ -47,6 +47,9 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as the third-party p
     import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
+
+REFERENCE_ENV = "BAYES_PFL_REFERENCE"
+"""Where the tests find the official code's golden files (``tests/reference_files.py``), set for the copies."""
 MUTATIONS_FILE = Path(__file__).resolve().with_name("mutations.toml")
 PACKAGE = "anomalib_bayes_pfl"
 DEFAULT_TIMEOUT_S = 600.0
@@ -295,6 +298,7 @@ def run_pytest(
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(copy), str(guard_dir), env.get("PYTHONPATH")]))
     env[GUARD_ENV] = str(report)
+    env.setdefault(REFERENCE_ENV, str(REPO.parent / "shared" / "fixtures" / "reference"))  # the copy has no shared/
     env.pop("PYTEST_ADDOPTS", None)
     command = [python, "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider", "-p", GUARD_MODULE]
     command += [option for node in deselect for option in ("--deselect", node)] + tests

@@ -1,9 +1,9 @@
 """Faithfulness to the official Bayes-PFL code, checked against its golden outputs.
 
-The files in ``tests/fixtures/reference`` were computed by the authors' code on a tiny random CLIP and head (see
-the README there). They are loaded here the way a user loads the authors' weights: ``BayesPFL(backbone=<open_clip
-config file>, pretrained=<CLIP file>, prompt_weights=<head file>)``. Gates follow the README's "Expected
-tolerance" table.
+The files in ``shared/fixtures/reference`` (found by ``tests/reference_files.py``) were computed by the authors' code
+on a tiny random CLIP and head (see the README there). They are loaded here the way a user loads the authors'
+weights: ``BayesPFL(backbone=<open_clip config file>, pretrained=<CLIP file>, prompt_weights=<head file>)``. Gates
+follow the README's "Expected tolerance" table.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference_files import REFERENCE
 from torch import nn
 
 from anomalib_bayes_pfl import BayesPFL
@@ -24,7 +25,7 @@ from anomalib_bayes_pfl import prompt_flow as prompt_flow_module
 from anomalib_bayes_pfl.checkpoints import convert_reference_state_dict
 from anomalib_bayes_pfl.torch_model import BayesPFLModel
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "reference"
+FIXTURES = REFERENCE
 CONFIG_FILE = FIXTURES / "bayes-pfl-ref-tiny.json"
 CLIP_FILE = FIXTURES / "clip_ref_tiny.pt"
 HEAD_FILE = FIXTURES / "head_ref_tiny.pth"
@@ -114,7 +115,7 @@ def verified() -> None:
     if altered:
         pytest.fail(
             f"Golden reference fixtures altered or missing: {altered} (sha256 differs from manifest.json). "
-            "Restore them from git (they are made by the official code, never by this project).",
+            f"Restore them in {FIXTURES} (they are made by the official code, never by this project).",
             pytrace=False,
         )
 

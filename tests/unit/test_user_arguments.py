@@ -7,11 +7,11 @@ model -> anomaly map / loss / optimisers) is a silent wrong answer; these tests 
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from reference_files import reference_file
 from scipy.ndimage import gaussian_filter
 
 from anomalib_bayes_pfl import BayesPFL
@@ -22,8 +22,6 @@ from anomalib_bayes_pfl.loss import BayesPFLLoss, balanced_focal_loss
 from anomalib_bayes_pfl.prompt_flow import PromptFlow
 from anomalib_bayes_pfl.prompting import PromptBank
 from anomalib_bayes_pfl.torch_model import BayesPFLModel
-
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "reference"
 
 PAPER_DEFAULTS = {
     "backbone": "ViT-L-14-336",
@@ -65,7 +63,7 @@ def test_defaults_are_the_papers() -> None:
     signature = inspect.signature(BayesPFL).parameters
     defaults = {name: parameter.default for name, parameter in signature.items()}
     assert {name: defaults[name] for name in PAPER_DEFAULTS} == PAPER_DEFAULTS
-    official = torch.load(FIXTURES / "training.pt", weights_only=True)["train_py_defaults"]
+    official = torch.load(reference_file("training.pt"), weights_only=True)["train_py_defaults"]
     for official_name, ours in OFFICIAL_TRAIN_DEFAULTS.items():
         assert defaults[ours] == official[official_name], ours
 
