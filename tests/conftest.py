@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -32,3 +34,13 @@ def tiny_clip_weights(tmp_path_factory: pytest.TempPathFactory) -> str:
     from anomalib_bayes_pfl.demo import save_random_tiny_clip
 
     return str(save_random_tiny_clip(tmp_path_factory.mktemp("clip") / "bayes-pfl-tiny.pt", seed=0))
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Run on one intra-op thread. Learning tests use it: their bars were measured so, and training on random CLIP
+    weights is chaotic enough that another summation order (two threads) moves the result by about 0.1."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

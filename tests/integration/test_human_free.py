@@ -16,24 +16,12 @@ stated rather than hidden.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from human_free import main
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Train on one intra-op thread: the bars were measured so, and training on random CLIP weights is chaotic
-    enough that another summation order (two threads) moves the result by ±0.1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 
 
 STEPS = 300

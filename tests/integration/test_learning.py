@@ -13,7 +13,6 @@ categories.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,17 +25,7 @@ from torchmetrics.classification import BinaryAUROC
 from anomalib_bayes_pfl import AuxiliaryTrain, BayesPFL, generate_synthetic_dataset
 from anomalib_bayes_pfl.data import category_from_path
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Train on one intra-op thread: the bars were measured so, and training on random CLIP weights is chaotic
-    enough that another summation order (two threads) moves the result by ±0.1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 
 
 STAGE1_EPOCHS, STAGE2_EPOCHS = 40, 7
