@@ -91,11 +91,20 @@ class BestAndLastCheckpoint(ModelCheckpoint):
     uninterrupted run does.
     """
 
+    last_writes = 0
+    """``last.ckpt`` writes so far (a class default, counted per instance)."""
+
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Save as Lightning does, then make sure ``last.ckpt`` is this epoch's state."""
+        """Save as Lightning does, then write ``last.ckpt`` unless Lightning just wrote it."""
+        written = self.last_writes
         super().on_train_epoch_end(trainer, pl_module)
-        if self.save_last and not trainer.sanity_checking and not trainer.fast_dev_run:
+        if self.save_last and self.last_writes == written and not trainer.sanity_checking and not trainer.fast_dev_run:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def _save_last_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        """Lightning's ``last.ckpt`` write, counted."""
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        self.last_writes += 1
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resuming: keep writing into the resumed run's checkpoint folder, with its best score and paths."""
