@@ -19,10 +19,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +27,9 @@ import torch
 from anomalib.callbacks.checkpoint import ModelCheckpoint
 from lightning.pytorch import LightningModule, Trainer
 
+from .atomic import atomic_write
 from .backbone import ClipBackbone
+from .safe_loading import _quote
 
 BACKBONE_PREFIX = "model.backbone."
 """State-dict prefix of the frozen CLIP inside a :class:`~anomalib_bayes_pfl.BayesPFL` checkpoint."""
@@ -38,22 +37,9 @@ BACKBONE_PREFIX = "model.backbone."
 CLIP_KEY = "bayes_pfl_clip"
 """Checkpoint entry recording which CLIP weights the head was trained on."""
 
-TEMPORARY_MARK = ".tmp-"
-"""Temporary files are ``.<name>.tmp-<random>`` beside the destination."""
-
-
-def _remove_orphans(path: Path) -> None:
-    """Remove temporary files that killed writes of ``path`` left behind."""
-    for orphan in path.parent.glob(f".{path.name}{TEMPORARY_MARK}*"):
-        with contextlib.suppress(FileNotFoundError):
-            orphan.unlink()
-
 
 def atomic_save(checkpoint: dict[str, Any], path: str | Path) -> None:
     """Write ``checkpoint`` to ``path`` so that a kill at any moment leaves the old file or the new one, whole.
-
-    The bytes go to a temporary file in the destination's folder (same filesystem, so the final rename is atomic),
-    are flushed and synced to disk, and the file is renamed over ``path``; the folder entry is synced too.
 
     Example:
         >>> import tempfile
@@ -62,25 +48,7 @@ def atomic_save(checkpoint: dict[str, Any], path: str | Path) -> None:
         >>> sorted(p.name for p in folder.iterdir()), torch.load(folder / "x.ckpt")["a"].tolist()
         (['x.ckpt'], [1.0, 1.0])
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_orphans(path)
-    temporary = path.parent / f".{path.name}{TEMPORARY_MARK}{uuid.uuid4().hex}"
-    try:
-        with temporary.open("wb") as file:
-            torch.save(checkpoint, file)
-            file.flush()
-            os.fsync(file.fileno())
-        temporary.replace(path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-    with contextlib.suppress(OSError):  # not every platform can sync a folder
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+    atomic_write(path, lambda file: torch.save(checkpoint, file))
 
 
 class BestAndLastCheckpoint(ModelCheckpoint):
@@ -155,11 +123,6 @@ def drop_frozen_clip(checkpoint: dict[str, Any], backbone: ClipBackbone, setting
             del state[key]
 
 
-def _text(value: object, limit: int = 300) -> str:
-    """A short quotation of a value read from a file (only strings are quoted; nothing large is formatted)."""
-    return repr(value[:limit]) if isinstance(value, str) else f"<{type(value).__name__}>"
-
-
 def restore_frozen_clip(checkpoint: dict[str, Any], backbone: ClipBackbone) -> None:
     """Put this model's CLIP back into a head-only checkpoint, after checking it is the CLIP the head was trained on.
 
@@ -174,8 +137,8 @@ def restore_frozen_clip(checkpoint: dict[str, Any], backbone: ClipBackbone) -> N
     expected, actual = record.get("identity"), clip_identity(backbone)
     if expected != actual:
         msg = (
-            f"This checkpoint's head was trained on other CLIP weights (backbone {_text(record.get('backbone'))}, "
-            f"pretrained {_text(record.get('pretrained'))}, SHA-256 {_text(expected)}) than the ones this model "
+            f"This checkpoint's head was trained on other CLIP weights (backbone {_quote(record.get('backbone'))}, "
+            f"pretrained {_quote(record.get('pretrained'))}, SHA-256 {_quote(expected)}) than the ones this model "
             f"loaded (SHA-256 {actual}). Checkpoints store the head only; pass the CLIP weights it was trained with "
             "(--model.pretrained / BayesPFL(pretrained=...)) at the same image_size."
         )

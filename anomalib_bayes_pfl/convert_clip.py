@@ -31,13 +31,16 @@ Example:
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
+from .atomic import atomic_write
 from .backbone import _is_torchscript_archive, read_torchscript_archive
 
 
@@ -77,12 +80,14 @@ def convert_archive(archive: str | os.PathLike, output: str | os.PathLike, overw
         msg = f"{output} exists; choose another file name or pass --overwrite."
         raise ConversionError(msg)
     state_dict = {key: value.detach().clone() for key, value in read_torchscript_archive(archive).items()}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(output.name + ".partial")
-    torch.save(state_dict, partial)
-    torch.load(partial, map_location="cpu", weights_only=True, mmap=True)  # what BayesPFL will do with it
-    partial.replace(output)
-    return output
+    return atomic_write(output, functools.partial(_save_checked, state_dict))
+
+
+def _save_checked(state_dict: dict[str, torch.Tensor], file: BinaryIO) -> None:
+    """Save, then load the bytes back as BayesPFL will (``weights_only``) before they replace anything."""
+    torch.save(state_dict, file)
+    file.flush()
+    torch.load(file.name, map_location="cpu", weights_only=True, mmap=True)
 
 
 def _parser() -> argparse.ArgumentParser:
