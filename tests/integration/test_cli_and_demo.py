@@ -48,6 +48,15 @@ def test_configs_name_our_classes(name: str) -> None:
             assert set(config[section].get("init_args", {})) <= set(inspect.signature(cls).parameters)
 
 
+@pytest.mark.parametrize(
+    "name", ["train_visa_test_mvtec.yaml", "train_mvtec_test_visa.yaml", "human_free_visa_test_mvtec.yaml"]
+)
+def test_paper_protocol_configs_train_with_exact_gelu(name: str) -> None:
+    """The official code trains with exact GELU on the OpenAI weights; "auto" would follow them to QuickGELU."""
+    config = yaml.safe_load((CONFIGS / name).read_text())
+    assert config["model"]["init_args"]["activation"] == "gelu"
+
+
 def test_anomalib_cli_trains_the_demo_config(tmp_path: Path, synthetic_root: Path) -> None:
     """`anomalib train -c configs/demo.yaml` trains and tests through the stock CLI."""
     command = [
