@@ -11,7 +11,9 @@ half the upsampling work. The image score mixes the mean pair probability of the
 the ``k`` largest values of the unsmoothed map; the map itself is then smoothed with a Gaussian.
 
 Unlike the reference, no min-max normalisation over the test set happens here: a deployed model sees one image at
-a time, and anomalib's post-processor normalises with statistics from validation.
+a time, and anomalib's post-processor normalises with statistics from validation. The paper's evaluation
+(``benchmarks/paper_protocol.py``) takes the two halves of the score apart with
+:meth:`AnomalyMapGenerator.score_parts` and normalises each over a category's test set.
 
 Paper:
     Qu et al., CVPR 2025, Sec. 3.5 and 4.1. Reference code: ``test.py`` of
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -117,6 +120,23 @@ def check_scoring_settings(image_size: int, sigma: object, alpha: object, top_k:
     return float(sigma), float(alpha), int(top_k)
 
 
+class ScoreParts(NamedTuple):
+    """The two halves of the image score before fusion, and the unsmoothed map they come from.
+
+    The paper's evaluation min-max normalises each half over a category's test set before fusing them, so it needs
+    them apart; the deployed model fuses them per image (:meth:`AnomalyMapGenerator.forward`).
+    """
+
+    text_score: torch.Tensor
+    """Mean anomalous probability of the image branch over the pairs ``(N,)``."""
+
+    map_score: torch.Tensor
+    """Mean of the ``top_k`` largest values of :attr:`raw_map` ``(N,)``."""
+
+    raw_map: torch.Tensor
+    """Anomaly probability map before smoothing ``(N, H, W)``."""
+
+
 class AnomalyMapGenerator(nn.Module):
     """Fuses per-layer pixel logits and image logits into the anomaly map and the image score.
 
@@ -151,8 +171,31 @@ class AnomalyMapGenerator(nn.Module):
         size: tuple[int, int],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the image score ``(N,)`` and the smoothed anomaly map ``(N, H, W)``."""
+        parts = self.score_parts(image_logits, layer_logits, grid, size)
+        score = self.alpha * parts.text_score + (1 - self.alpha) * parts.map_score
+        return score, self.blur(parts.raw_map.unsqueeze(1)).squeeze(1)
+
+    def score_parts(
+        self,
+        image_logits: torch.Tensor,
+        layer_logits: list[torch.Tensor],
+        grid: tuple[int, int],
+        size: tuple[int, int],
+        top_k: int | None = None,
+    ) -> ScoreParts:
+        """The unfused text and map scores and the unsmoothed map (same arguments as :meth:`forward`).
+
+        Args:
+            image_logits (torch.Tensor): Image logits ``(N, 2K)``.
+            layer_logits (list[torch.Tensor]): Per tapped layer, patch logits ``(N, P, 2K)``.
+            grid (tuple[int, int]): Patch grid ``(h, w)``.
+            size (tuple[int, int]): Map size ``(H, W)``.
+            top_k (int | None): Pixels averaged into the map score; ``None``: this generator's ``top_k``. The
+                paper's evaluation uses fewer for small-defect categories. Defaults to ``None``.
+
+        Returns:
+            ScoreParts: ``text_score (N,)``, ``map_score (N,)`` and ``raw_map (N, H, W)``.
+        """
         raw_map = pixel_anomaly_probability(layer_logits, grid, size)
-        score = self.alpha * image_anomaly_probability(image_logits) + (1 - self.alpha) * top_k_mean(
-            raw_map, self.top_k
-        )
-        return score, self.blur(raw_map.unsqueeze(1)).squeeze(1)
+        map_score = top_k_mean(raw_map, self.top_k if top_k is None else top_k)
+        return ScoreParts(image_anomaly_probability(image_logits), map_score, raw_map)
