@@ -431,6 +431,14 @@ class ClipBackbone(nn.Module):
         if not feature_layers or any(layer < 1 or layer > depth for layer in feature_layers):
             msg = f"feature_layers={tuple(feature_layers)} must be 1-indexed blocks within 1..{depth} for {name!r}."
             raise ValueError(msg)
+        if list(feature_layers) != sorted(set(feature_layers)):
+            # taps come out in block order and each block once, while the head has one RCA and image-branch
+            # layer per entry: a repeat or another order would pair layers with the wrong blocks
+            msg = (
+                f"feature_layers={tuple(feature_layers)} must list each block once, in increasing order "
+                f"(e.g. {tuple(sorted(set(feature_layers)))})."
+            )
+            raise ValueError(msg)
 
     def _check_supported(self, name: str) -> None:
         """Bayes-PFL needs a plain class-token ViT and a CLIP (not custom/HF) text tower."""

@@ -4,10 +4,11 @@
 """Saving and loading the trained head of Bayes-PFL ("prompt weights"), including the authors' released heads.
 
 Only the head is saved (prompt bank, prompt flow with its fixed evaluation noise, RCA, image branch,
-temperatures, stage and class name): the frozen CLIP comes from its own weights, so a head file is small and
-works with any copy of the same CLIP. Files are read and checked through :mod:`.safe_loading`
-(``weights_only=True``, plain data type- and size-checked, wrong files named with what to pass) before a key reaches
-the model.
+temperatures, stage, class name and the settings that shape its outputs, see :mod:`.head_settings`): the frozen
+CLIP comes from its own weights, so a head file is small and works with any copy of the same CLIP. A head loads only
+into a model with the same settings; a class name given to that model is kept (the stored one is the fallback).
+Files are read and checked through :mod:`.safe_loading` (``weights_only=True``, plain data type- and size-checked,
+wrong files named with what to pass) before a key reaches the model.
 
 The authors' released heads (``train_visa.pth``, ``train_mvtec.pth``: ``{"MyModel": state_dict}`` of their
 ``Context_Prompting`` module, https://github.com/xiaozhen228/Bayes-PFL) load through the same ``prompt_weights``
@@ -18,13 +19,16 @@ ViT-L-14-336 OpenAI CLIP with ``activation="gelu"`` (the reference re-implementa
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .finite import check_finite_weights
+from .head_settings import check_settings, requested_settings
 from .safe_loading import (
     EXTRA_STATE_KEY,
     LIGHTNING_PREFIX,
@@ -37,6 +41,8 @@ from .safe_loading import (
     read_checkpoint,
     validate_extra_state,
 )
+
+logger = logging.getLogger(__name__)
 
 NOT_HEAD_PREFIXES = ("backbone.", "anomaly_map.")
 """Not saved with a head: the frozen CLIP (it has its own weights) and the smoothing kernel (derived from
@@ -100,9 +106,20 @@ REFERENCE_RENAMES: tuple[tuple[str, str, Callable[[torch.Tensor], torch.Tensor] 
 REFERENCE_UNUSED = re.compile(r"(context_decoder|state_decoder|PFL_\w+\.(encoder|decoder|p_mu))\.")
 """Reference keys with no counterpart: unused reconstruction decoders and second copies of shared encoders."""
 
-REFERENCE_STAGE = re.compile(r"_([12])\.pth?$")
-"""The reference names its per-epoch files ``epoch_post_{epoch}_{stage}.pth``; released files (and any file named
-otherwise) are stage 2."""
+REFERENCE_STAGE = re.compile(r"epoch_post_\d+_([12])\.pth")
+"""The reference names its per-epoch files ``epoch_post_{epoch}_{stage}.pth`` (matched whole); released files and any
+file named otherwise (``my_run_3.pth``, ``train_visa_1.pth``) are stage 2."""
+
+
+def reference_stage(path: Path) -> int:
+    """The training stage of a reference file, from its name (see :data:`REFERENCE_STAGE`).
+
+    Example:
+        >>> reference_stage(Path("epoch_post_7_1.pth")), reference_stage(Path("train_visa_1.pth"))
+        (1, 2)
+    """
+    match = REFERENCE_STAGE.fullmatch(path.name)
+    return int(match.group(1)) if match else 2
 
 
 def convert_reference_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -141,23 +158,18 @@ def _reference_head(checkpoint: dict, path: Path, model: nn.Module) -> dict[str,
         )
         raise ValueError(msg)
     head = convert_reference_state_dict(state_dict)
-    current = model.state_dict()
-    stage = REFERENCE_STAGE.search(path.name)
-    head["prompt_flow.eval_noise"] = current["prompt_flow.eval_noise"]
-    head["_extra_state"] = {"stage": int(stage.group(1)) if stage else 2, "class_name": model.class_name}
+    head["prompt_flow.eval_noise"] = model.state_dict()["prompt_flow.eval_noise"]
+    head[EXTRA_STATE_KEY] = {"stage": reference_stage(path), "class_name": model.class_name}
     return head
 
 
-def load_prompt_weights(model: nn.Module, path: str | Path) -> None:
-    """Load trained head weights (ours or the authors' released ones) into ``model``, checking every key first.
+def _read_prompt_weights(path: Path) -> tuple[str, dict]:
+    """Read a prompt-weights file; return what it is (``bayes_pfl``, ``head``, ``reference``) and its content.
 
     Raises:
         FileNotFoundError: If there is no such file.
-        ValueError: If the file is not prompt weights (empty, not a PyTorch file, a tensor or list, CLIP weights,
-            another anomalib model's checkpoint), its extra state or keys are malformed, or keys are missing or
-            unexpected, or shapes differ (a head trained with other sizes).
+        ValueError: If the file is not prompt weights (see :func:`load_prompt_weights`).
     """
-    path = Path(path)
     checkpoint = read_checkpoint(path)
     kind = _content_kind(checkpoint)
     problem = _wrong_file_message(path, kind, checkpoint, for_checkpoint=False)
@@ -166,6 +178,56 @@ def load_prompt_weights(model: nn.Module, path: str | Path) -> None:
     if kind == "bayes_pfl" and not all(isinstance(key, str) for key in checkpoint["state_dict"]):
         msg = f"{path}: state_dict keys must be strings. {PROMPT_WEIGHTS_FIX}"
         raise ValueError(msg)
+    return kind, checkpoint
+
+
+def _checked_extra_state(head: dict, path: Path) -> dict | None:
+    """The head's validated extra state (``None`` if it has none), with errors naming the file."""
+    if EXTRA_STATE_KEY not in head:
+        return None
+    try:
+        return validate_extra_state(head[EXTRA_STATE_KEY])
+    except ValueError as error:
+        msg = f"{path}: {error} Use the file BayesPFL saved (save_prompt_weights or a training checkpoint)."
+        raise ValueError(msg) from None
+
+
+def check_prompt_weights_settings(path: str | Path, arguments: Mapping[str, object]) -> None:
+    """Refuse prompt weights trained with other settings than ``arguments``, before a model is built.
+
+    Only settings known without building CLIP are compared (see :func:`~.head_settings.requested_settings`); the
+    rest are checked when the weights load. Files without recorded settings (earlier versions, the authors') pass.
+
+    Raises:
+        FileNotFoundError: If there is no such file.
+        ValueError: If the file is not prompt weights, or naming each setting that differs and what to pass.
+    """
+    path = Path(path)
+    kind, checkpoint = _read_prompt_weights(path)
+    if kind == "reference":
+        return
+    state = _checked_extra_state(_head_from_checkpoint(checkpoint), path)
+    try:
+        check_settings(None if state is None else state.get("settings"), requested_settings(arguments), str(path))
+    except ValueError as error:
+        # The anomalib CLI (jsonargparse) reports a constructor's error deep inside its "Does not validate against
+        # any of the Union subtypes" listing; logged here, the plain message leads the output.
+        logger.error("%s", error)  # noqa: TRY400 - the message, not a traceback, is what the user needs
+        raise
+
+
+def load_prompt_weights(model: nn.Module, path: str | Path) -> None:
+    """Load trained head weights (ours or the authors' released ones) into ``model``, checking every key first.
+
+    Raises:
+        FileNotFoundError: If there is no such file.
+        ValueError: If the file is not prompt weights (empty, not a PyTorch file, a tensor or list, CLIP weights,
+            another anomalib model's checkpoint), its extra state or keys are malformed, its recorded settings
+            differ from the model's (each is named, with the arguments to pass), or keys are missing or unexpected,
+            or shapes differ (a head trained with other sizes).
+    """
+    path = Path(path)
+    kind, checkpoint = _read_prompt_weights(path)
     if kind == "reference":
         head = _reference_head(checkpoint, path, model)
     else:
@@ -174,12 +236,17 @@ def load_prompt_weights(model: nn.Module, path: str | Path) -> None:
     if odd:
         msg = f"{path}: keys must be strings, got {_quote_keys(odd)}. {PROMPT_WEIGHTS_FIX}"
         raise ValueError(msg)
-    if EXTRA_STATE_KEY in head:
-        try:
-            head[EXTRA_STATE_KEY] = validate_extra_state(head[EXTRA_STATE_KEY])
-        except ValueError as error:
-            msg = f"{path}: {error} Use the file BayesPFL saved (save_prompt_weights or a training checkpoint)."
-            raise ValueError(msg) from None
+    state = _checked_extra_state(head, path)
+    if state is not None:
+        head[EXTRA_STATE_KEY] = state
+    settings = None if state is None else state.get("settings")
+    if settings is None and kind != "reference":
+        logger.warning(
+            "%s was saved by an earlier version without its settings: they could not be checked. Pass the backbone, "
+            "image_size, feature_layers, activation, locality and eval_seed it was trained with.",
+            path,
+        )
+    check_settings(settings, model.settings, str(path))
     expected = head_state_dict(model)
     missing = sorted(set(expected) - set(head))
     unexpected = sorted(set(head) - set(expected))
@@ -197,4 +264,5 @@ def load_prompt_weights(model: nn.Module, path: str | Path) -> None:
             "were trained with."
         )
         raise ValueError(msg)
+    check_finite_weights(head, str(path))
     model.load_state_dict(head, strict=False)

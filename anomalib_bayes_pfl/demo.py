@@ -85,7 +85,7 @@ def run(output: Path, epochs: int = 12, seed: int = 0) -> dict[str, float]:
     results = engine.test(model, datamodule=datamodule)[0]
     head = save_prompt_weights(model.model, output / "bayes_pfl_head.pt")
     print(f"\nPrompt weights: {head}\nCLIP weights (random, tiny): {clip_weights}")
-    print(f"Visualisations: {output / 'results'} (images/ under the run folder)")
+    print(f"Visualisations: {output / 'results'} (images/<category>/<defect>/ under the run folder)")
     return results
 
 

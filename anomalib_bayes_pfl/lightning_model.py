@@ -42,16 +42,25 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch.optim.lr_scheduler import LambdaLR
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
-from . import defaults, training
+from . import defaults, finite, training
 from .checkpointing import BestAndLastCheckpoint, drop_frozen_clip, restore_frozen_clip
-from .checkpoints import load_prompt_weights
-from .data.auxiliary import category_from_path
+from .checkpoints import check_prompt_weights_settings, load_prompt_weights
+from .data.auxiliary import AuxiliaryTrain, category_from_path
+from .export import ONNX_OPSET, ExportablePreProcessor
 from .loss import BayesPFLLoss
 from .meta_guidance import MetaGuidance
-from .resume import run_seed
+from .reporting import CategoryImageVisualizer, CategoryMetrics, PredictionTable
+from .resume import run_seed, seed_global_generator, seeded
 from .safe_loading import check_checkpoint_file, guard_checkpoint_loading, validate_stage_switch_state
 from .synthesis import ObjectAttentionAnomalyGenerator, attention_block
+from .thresholds import BayesPFLPostProcessor, SkipValidationWithoutData
 from .torch_model import BayesPFLModel
+from .validation import (
+    ValidationSplitCheck,
+    holds_normal_images_only,
+    selection_value,
+    with_synthetic_anomalies,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +69,9 @@ SELECTION_METRIC = "val_selection"
 
 STAGE_METRIC = "val_pixel_AUPR"
 """Stage 1 continues while this improves (the reference watches pixel AP)."""
+
+STOP_METRIC = "val_image_AUPR"
+"""Stage 2 continues while this improves (the reference watches image AP)."""
 
 MODEL_ARGUMENTS = tuple(inspect.signature(BayesPFLModel).parameters)
 """Constructor arguments of the torch model: each is forwarded by name from the hyper-parameters."""
@@ -87,8 +99,9 @@ class BayesPFL(AnomalibModule):
         num_flows (int): Planar flows per distribution. Defaults to ``10``.
         num_samples (int): Prompt samples per image at evaluation. Defaults to ``10``.
         eval_seed (int): Seed of the evaluation samples (fixed per model). Defaults to ``0``.
-        class_name (str | None): Class name for the prompts at test time; ``None`` reads the datamodule's
-            category (and each image's category folder). Defaults to ``None``.
+        class_name (str | None): Class name for the prompts; it always wins over a stored one. ``None``: the
+            datamodule's category (per image for ``AuxiliaryTrain``), else the name stored with the weights (see
+            :meth:`setup`). Defaults to ``None``.
         gaussian_sigma (float): Anomaly-map smoothing in pixels. Defaults to ``8``.
         score_alpha (float): Weight of the image branch in the image score. Defaults to ``0.5``.
         top_k (int): Largest (unsmoothed) map values averaged into the image score. Defaults to ``2000``.
@@ -100,10 +113,14 @@ class BayesPFL(AnomalibModule):
             and temperatures. Default to ``1e-4``, ``1e-3``, ``1e-3``, ``1e-2``.
         betas (tuple[float, float]): Adam betas. Defaults to ``(0.5, 0.999)``.
         warmup_ratio (float): Share of stage-1 steps spent warming up before the cosine decay. Defaults to ``0.1``.
-        stage_patience (int): Validation epochs without a better source pixel AP after which stage 1 ends (its best
-            weights are restored) and stage 2 begins. Defaults to ``4``.
+        stage_patience (int): Validation epochs without a source pixel AP at least as high as the best after which
+            stage 1 ends (its best weights are restored) and stage 2 begins; then as many without a source image AP
+            at least as high as stage 2's best, after which training stops (the reference's rules). Defaults to ``4``.
         stage1_max_epochs (int | None): Start stage 2 after this many epochs at the latest (``None``: patience only).
             Defaults to ``None``.
+        seed (int | None): Seed of the head's initialisation, the training draws and the data order; ``None``: the
+            seed of ``lightning.seed_everything`` if it ran, else 0 (anomalib's CLI ignores ``--seed_everything``,
+            so ``--model.seed`` is how a CLI run is seeded). Defaults to ``None``.
         synthetic_anomalies (bool): Object-attention anomaly generation on normal training images (needed for
             normal-only data such as MVTecAD's train split; see ``synthesis.py``). Defaults to ``False``.
         synthesis_probability (float): Share of normal training images that get an anomaly. Defaults to ``0.5``.
@@ -149,6 +166,7 @@ class BayesPFL(AnomalibModule):
         warmup_ratio: float = defaults.WARMUP_RATIO,
         stage_patience: int = defaults.STAGE_PATIENCE,
         stage1_max_epochs: int | None = None,
+        seed: int | None = None,
         synthetic_anomalies: bool = False,
         synthesis_probability: float = 0.5,
         anomaly_source_path: str | None = None,
@@ -164,6 +182,9 @@ class BayesPFL(AnomalibModule):
     ) -> None:
         self.zero_shot = prompt_weights is not None  # configure_evaluator reads it inside super().__init__()
         if pre_processor is True:
+            if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+                msg = f"image_size={image_size!r} must be a positive multiple of the backbone's patch size."
+                raise ValueError(msg)
             pre_processor = self.configure_pre_processor((image_size, image_size))
         super().__init__(pre_processor, post_processor, evaluator, visualizer)
         training.check_schedule(warmup_ratio, stage_patience, stage1_max_epochs)
@@ -174,9 +195,13 @@ class BayesPFL(AnomalibModule):
                 synthesis_probability, anomaly_source_path=anomaly_source_path
             )
         self.meta_guidance = MetaGuidance(meta_strength) if meta_guidance else None
-        self.model = BayesPFLModel(**{name: self.hparams[name] for name in MODEL_ARGUMENTS})
+        if prompt_weights is not None:  # name every setting the head needs before CLIP refuses one of them
+            check_prompt_weights_settings(prompt_weights, self.hparams)
+        with seeded(seed):
+            self.model = BayesPFLModel(**{name: self.hparams[name] for name in MODEL_ARGUMENTS})
         if prompt_weights is not None:
             load_prompt_weights(self.model, prompt_weights)
+        self.per_image_class_names = False  # chosen by setup from the datamodule
         self.loss = BayesPFLLoss(focal_gamma, kl_weight, orthogonal_weight)
         self.automatic_optimization = False  # two stages, two optimisers
         self.stage_switch = training.StageSwitch(stage_patience, stage1_max_epochs)
@@ -193,7 +218,10 @@ class BayesPFL(AnomalibModule):
 
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Bicubic resize to the model's input size and CLIP's normalisation (exported with the model)."""
+        """Antialiased bicubic resize to the model's input size and CLIP's normalisation.
+
+        The resize is exported with the model and computes the same there as in eager (see ``export.py``).
+        """
         image_size = image_size or (defaults.IMAGE_SIZE, defaults.IMAGE_SIZE)
         transform = Compose(
             [
@@ -201,11 +229,30 @@ class BayesPFL(AnomalibModule):
                 Normalize(mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD),
             ],
         )
-        return PreProcessor(transform=transform)
+        return ExportablePreProcessor(transform=transform)
+
+    def to_onnx(
+        self,
+        export_root: Path | str,
+        model_file_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        **kwargs: Any,  # noqa: ANN401  # passed on to torch.onnx.export
+    ) -> Path:
+        """Export to ONNX as anomalib does (also under ``to_openvino``), at the exporter's own opset by default.
+
+        anomalib's default, opset 14, makes onnx's version converter log a traceback on every export (see
+        ``export.py``); an ``opset_version`` given in ``onnx_kwargs`` still wins.
+        """
+        kwargs.setdefault("opset_version", ONNX_OPSET)
+        return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
 
     def configure_post_processor(self) -> PostProcessor:
-        """Anomalib's post-processor in both modes (the base class refuses one for zero-shot models)."""
-        return PostProcessor()
+        """The anomalib post-processor in both modes (the base class refuses one for zero-shot models).
+
+        Ours says where its thresholds come from: no labels when none was learnt, a warning when it was learnt on
+        other categories (see :mod:`anomalib_bayes_pfl.thresholds`).
+        """
+        return BayesPFLPostProcessor()
 
     def configure_evaluator(self) -> Evaluator:
         """Image AUROC/F1-max and pixel AUROC/F1-max/AUPRO; in training, source-validation APs for selection."""
@@ -226,21 +273,32 @@ class BayesPFL(AnomalibModule):
 
     @classmethod
     def configure_visualizer(cls) -> ImageVisualizer:
-        """Image, ground-truth mask, anomaly map and the map over the image, side by side."""
-        return ImageVisualizer(fields=["image", "gt_mask", "anomaly_map"], overlay_fields=[("image", ["anomaly_map"])])
+        """Image, ground-truth mask, anomaly map and the map over the image, side by side, with score and label under.
+
+        Saved as ``images/<category>/<defect>/<file>``, so categories that share file names keep their pictures.
+        """
+        return CategoryImageVisualizer(
+            fields=["image", "gt_mask", "anomaly_map"], overlay_fields=[("image", ["anomaly_map"])]
+        )
 
     def configure_callbacks(self) -> Sequence[Callback]:
-        """Metrics before post-processing; in training, the best checkpoint by source validation plus the last one.
+        """Metrics before post-processing; reports; in training, the best checkpoint by validation plus the last one.
 
-        The evaluator runs before the post-processor, so metrics see the model's scores: normalisation clamps to
-        [0, 1] with statistics of other images (or none, zero-shot), which ties scores and would change rank metrics.
-        The checkpoint callback is added only when the trainer checkpoints at all (``enable_checkpointing=False``
-        is honoured).
+        The evaluator (and the per-category metrics after it) runs before the post-processor, so metrics see the
+        model's scores: normalisation clamps to [0, 1] with statistics of other images (or none, zero-shot), which
+        ties scores and would change rank metrics. ``predict`` writes ``predictions.csv`` (:mod:`.reporting`); a
+        ``validate`` without data (anomalib's zero-shot predict on a folder) runs no batch. The checkpoint callback
+        is added only when the trainer checkpoints at all (``enable_checkpointing=False`` is honoured). Training
+        checks first that the data has a validation split (:class:`ValidationSplitCheck`).
         """
-        callbacks = list(super().configure_callbacks())
+        callbacks = [SkipValidationWithoutData(), *super().configure_callbacks(), PredictionTable()]
         if self.evaluator in callbacks and self.post_processor in callbacks:
             callbacks.remove(self.evaluator)
             callbacks.insert(callbacks.index(self.post_processor), self.evaluator)
+        if self.evaluator in callbacks:
+            callbacks.insert(callbacks.index(self.evaluator) + 1, CategoryMetrics(self.evaluator))
+        if not self.zero_shot:
+            callbacks.append(ValidationSplitCheck())
         checkpointing = self._trainer is not None and self.trainer.checkpoint_callback is not None
         if not self.zero_shot and checkpointing:
             callbacks.append(
@@ -266,28 +324,50 @@ class BayesPFL(AnomalibModule):
         return [stage1, stage2], [{"scheduler": schedule, "interval": "step"}]
 
     def setup(self, stage: str) -> None:
-        """Check ``--ckpt_path`` files before Lightning reads them; write the test category into the prompts.
+        """Check ``--ckpt_path`` files before Lightning reads them; choose the class names of the prompts.
 
-        The category is written in zero-shot mode, unless a class name was given.
+        One source serves every phase of the run (training, validation, test, predict, and export afterwards), first
+        that applies:
+
+        1. the ``class_name`` argument;
+        2. each image's category folder, only for datamodules whose layout names categories
+           (:class:`~anomalib_bayes_pfl.data.AuxiliaryTrain`, mixed categories);
+        3. the datamodule's non-empty ``category`` (``MVTecAD``, ``Visa``, ``SafePredictFolder``), which becomes the
+           model's class name, so an export after the run uses it too;
+        4. the name stored with the loaded weights, else ``"object"``.
+
+        Names from 1 and 3 are the user's: a checkpoint restored afterwards (``--ckpt_path``) keeps them. Paths are
+        never read for other datamodules: the root folder of a stock ``Folder`` dataset is not a category.
         """
         del stage
         guard_checkpoint_loading(self)
-        if not self.zero_shot or self.hparams.class_name is not None or self._trainer is None:
+        self.per_image_class_names = False
+        if self.hparams.class_name is not None or self._trainer is None:
             return
-        category = getattr(self.trainer.datamodule, "category", None)
+        datamodule = self.trainer.datamodule
+        if isinstance(datamodule, AuxiliaryTrain):
+            self.per_image_class_names = True
+            return
+        category = getattr(datamodule, "category", None)
         if isinstance(category, str) and category.strip():
             self.model.set_class_name(category)
 
     def on_train_start(self) -> None:
-        """Refuse normal-only training data unless anomalies are synthesised, and a missing texture folder."""
+        """Refuse normal-only training data unless anomalies are synthesised, and a missing texture folder.
+
+        Also notes the checkpoint this fit resumes from: ``Engine.train`` tests with it again (see
+        :meth:`on_load_checkpoint`), and seeds torch's global generator (data order) from ``seed``.
+        """
+        self._resumed_from = self.trainer.ckpt_path
+        seed_global_generator(self.hparams.seed)
         if self.synthesis is not None:
             self.synthesis.check_sources()
         else:
             training.check_training_data(self.trainer.datamodule)
 
     def _class_names(self, batch: Batch) -> list[str] | None:
-        """Per-image class names from the category folders (mixed-category data); ``None`` keeps the model's."""
-        if self.hparams.class_name is not None or batch.image_path is None:
+        """Per-image class names from the category folders, where :meth:`setup` chose them; ``None``: the model's."""
+        if not self.per_image_class_names or batch.image_path is None:
             return None
         return [category_from_path(path) or self.model.class_name for path in batch.image_path]
 
@@ -295,10 +375,11 @@ class BayesPFL(AnomalibModule):
         """One optimisation step of the current stage (with synthetic anomalies and meta guidance when enabled).
 
         Every random draw of the step (synthesis, prompt noise, the bank pair) comes from the run's seed and the
-        step number, so DDP ranks agree and a resumed run draws what an uninterrupted one would.
+        step number, so DDP ranks agree and a resumed run draws what an uninterrupted one would. A non-finite loss
+        on any rank stops training before the optimiser step (:func:`~anomalib_bayes_pfl.finite.check_finite_loss`).
         """
         del args, kwargs
-        stage, seed = self.model.stage, run_seed()
+        stage, seed = self.model.stage, run_seed(self.hparams.seed)
         generator = training.step_generator(seed, self.global_step)
         images, labels, masks = batch.image, batch.gt_label, batch.gt_mask
         if self.synthesis is not None:
@@ -309,6 +390,8 @@ class BayesPFL(AnomalibModule):
         outputs = self.model(images, class_names, generator=generator)
         pair = training.choose_pair(self.model.prompt_bank.num_prompts, seed, self.global_step)
         terms = self.loss(outputs, labels, masks, pair, stage, self.model.backbone.grid_size)
+        any_rank = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(terms["loss"])), all=False)
+        finite.check_finite_loss(terms, self.global_step, any_rank)
         optimizer = self.optimizers()[stage - 1]
         optimizer.zero_grad()
         if self.meta_guidance is not None and stage == 1:
@@ -328,30 +411,64 @@ class BayesPFL(AnomalibModule):
         return terms["loss"].detach()
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> Batch:
+        """Score the batch; label-free, each normal image is scored again with a synthetic anomaly.
+
+        Label-free means anomalies are synthesised and the validation split holds normal images only: the APs that
+        select the checkpoint would be undefined (see :mod:`anomalib_bayes_pfl.validation`).
+        """
+        del args, kwargs
+        if self.synthesis is not None and not self.zero_shot and holds_normal_images_only(self.trainer):
+            with_synthetic_anomalies(batch, self.synthesis, self.model.backbone, self.attention_layer)
+        return self.test_step(batch)
+
+    def test_step(self, batch: Batch, *args, **kwargs) -> Batch:
         """Score the batch with per-image class names where the data layout gives them.
 
         Validation, test and predict take this one path. The evaluator and post-processor collect what they need
-        from the returned batch.
+        from the returned batch. An image with NaN or Inf pixels is an error naming it (it has no score).
         """
         del args, kwargs
+        finite.check_finite_images(batch.image, batch.image_path)
         return batch.update(**self.model(batch.image, self._class_names(batch))._asdict())
 
-    test_step = validation_step
-    predict_step = validation_step
+    predict_step = test_step
 
     def on_validation_epoch_end(self) -> None:
-        """Log the checkpoint-selection metric from the evaluator's source-validation APs."""
-        if self.zero_shot or self.evaluator is None or self.trainer.sanity_checking:
+        """Log the checkpoint-selection metric: the mean of the validation APs that could be computed.
+
+        A split without masks has no pixel AP and is selected by image AP alone; a split with no anomalous image
+        (and no synthetic anomalies) has neither, which is an error naming the fix.
+        """
+        if self.zero_shot or self.evaluator is None or self.trainer.sanity_checking or not self.evaluator.val_metrics:
             return
-        values = [metric.compute() for metric in self.evaluator.val_metrics]
-        if values:
-            self.log(SELECTION_METRIC, torch.stack([v.float() for v in values]).mean(), sync_dist=True)
+        value = selection_value([metric.compute() for metric in self.evaluator.val_metrics])
+        if value is None:
+            msg = (
+                "Validation could compute no AP to select the checkpoint by: its images hold no anomaly. Validate on "
+                "a split with anomalous images, or train with synthetic_anomalies=True to validate on synthetic "
+                "anomalies of the held-out normal images."
+            )
+            raise ValueError(msg)
+        self.log(SELECTION_METRIC, value, sync_dist=True)
 
     def on_train_epoch_end(self) -> None:
-        """Advance the two-stage schedule from this epoch's validation (see :class:`StageSwitch`)."""
-        value = self.trainer.callback_metrics.get(STAGE_METRIC)
-        if self.stage_switch.end_of_epoch(self.model, self.current_epoch, None if value is None else float(value)):
+        """Advance the two-stage schedule from this epoch's validation (see :class:`StageSwitch`).
+
+        The stop is Lightning's ``trainer.should_stop``: checkpoint callbacks run after this hook, so the epoch that
+        stops is still checkpointed, and ``min_epochs`` is honoured. Epochs without validation
+        (``check_val_every_n_epoch``) count for nothing: Lightning keeps showing the last validation's metrics.
+        """
+        validated = self.trainer.fit_loop.epoch_loop._should_check_val_epoch()  # noqa: SLF001 - Lightning's own rule
+        metrics = self.trainer.callback_metrics if validated else {}
+        pixel_ap, image_ap = (metrics.get(name) for name in (STAGE_METRIC, STOP_METRIC))
+        event = self.stage_switch.end_of_epoch(
+            self.model, self.current_epoch, *(None if ap is None else float(ap) for ap in (pixel_ap, image_ap))
+        )
+        if event == training.SWITCHED:
             logger.info("Bayes-PFL: stage 1 ended after epoch %d; training the image branch.", self.current_epoch)
+        elif event == training.STOP:
+            logger.info("Bayes-PFL: stage 2 stopped improving; training ends after epoch %d.", self.current_epoch)
+            self.trainer.should_stop = True
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> BayesPFL:  # noqa: ANN401
@@ -366,8 +483,27 @@ class BayesPFL(AnomalibModule):
         drop_frozen_clip(checkpoint, self.model.backbone, dict(self.hparams))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the stage schedule and put this model's CLIP back, if it is the one the head was trained on."""
+        """Restore the stage schedule and put this model's CLIP back, if it is the one the head was trained on.
+
+        Weights with NaN or Inf values are refused (they would score every image NaN, labelled normal); the
+        post-processor's thresholds are NaN until computed, so only the model's own entries are checked.
+
+        ``Engine.train(ckpt_path=...)`` tests with the file its fit resumed from, which would score the weights the
+        fit started from; that test keeps the weights the fit ended with, as an uninterrupted run's test does.
+        """
+        if self._testing_the_resumed_file():
+            checkpoint["state_dict"] = self.state_dict()
+            return
         super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("state_dict", {})
+        finite.check_finite_weights({key: state[key] for key in state if key.startswith("model.")}, "This checkpoint")
         restore_frozen_clip(checkpoint, self.model.backbone)
         if STAGE_SWITCH_KEY in checkpoint:
             self.stage_switch.load_state_dict(validate_stage_switch_state(checkpoint[STAGE_SWITCH_KEY]))
+
+    def _testing_the_resumed_file(self) -> bool:
+        """Whether a test is loading the checkpoint that the fit run before it, in this process, resumed from."""
+        resumed = getattr(self, "_resumed_from", None)  # set by on_train_start
+        if self._trainer is None or not self.trainer.testing or not resumed or not self.trainer.ckpt_path:
+            return False
+        return Path(self.trainer.ckpt_path).resolve() == Path(resumed).resolve()

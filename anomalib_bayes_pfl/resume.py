@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 
@@ -36,11 +37,51 @@ SEED_STRIDE = 1_000_003
 """Multiplies the run's seed before the step or epoch is added, so runs with nearby seeds do not share seeds."""
 
 
+LIGHTNING_SEED = "PL_GLOBAL_SEED"
+"""Where ``lightning.seed_everything`` records the run's seed (anomalib 2.7's CLI ignores ``--seed_everything``)."""
+
+
 def run_seed(seed: int | None = None) -> int:
     """The given seed, else the one ``lightning.seed_everything`` recorded for this run, else 0."""
     if seed is not None:
         return seed
-    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+    return int(os.environ.get(LIGHTNING_SEED, 0))
+
+
+def _seeds_itself(seed: int | None) -> bool:
+    """Whether the run's randomness comes from ``seed`` rather than from Lightning's ``seed_everything``."""
+    return seed is not None or LIGHTNING_SEED not in os.environ
+
+
+def seed_global_generator(seed: int | None) -> None:
+    """Seed torch's global generator from ``run_seed(seed)``, unless ``seed`` is ``None`` and Lightning seeded the run.
+
+    torch seeds its global generator from the OS at start-up, so without ``seed_everything`` (e.g. under
+    ``anomalib train``) every draw from it, such as a shuffling ``DataLoader``'s order, changes from run to run.
+    """
+    if _seeds_itself(seed):
+        torch.manual_seed(run_seed(seed))
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Draws from the global generator inside come from ``run_seed(seed)``; the generator outside is left as it was.
+
+    Unless ``seed`` is ``None`` and Lightning seeded the run: its generator is then drawn from as usual.
+
+    Example:
+        >>> with seeded(3):
+        ...     first = torch.rand(2)
+        >>> with seeded(3):
+        ...     torch.equal(torch.rand(2), first)
+        True
+    """
+    if not _seeds_itself(seed):
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(run_seed(seed))
+        yield
 
 
 class EpochShuffleSampler(Sampler[int]):

@@ -37,6 +37,8 @@ import torch
 from anomalib.utils.serialization import anomalib_safe_globals
 from torch import nn
 
+from .head_settings import validate_settings
+
 LIGHTNING_PREFIX = "model."
 """State-dict prefix of :class:`BayesPFLModel` inside a Lightning checkpoint of :class:`BayesPFL`."""
 
@@ -171,21 +173,25 @@ def _check_keys(mapping: dict, expected: tuple[str, ...], what: str) -> None:
 
 # -- validation of plain data read from files ---------------------------------------------------------------------
 
-EXTRA_STATE_WHAT = "Invalid extra state (training stage and class name) of the BayesPFL head"
+EXTRA_STATE_WHAT = "Invalid extra state (training stage, class name and settings) of the BayesPFL head"
 
 
-def validate_extra_state(state: object) -> dict[str, int | str]:
-    """Check the head's extra state ``{"stage": 1 | 2, "class_name": str}`` before anything uses it.
+def validate_extra_state(state: object) -> dict[str, Any]:
+    """Check the head's extra state ``{"stage": 1 | 2, "class_name": str, "settings": dict}`` before anything uses it.
+
+    ``settings`` (the head's recorded configuration, see :mod:`.head_settings`) is absent from heads and checkpoints
+    written before it was recorded; they stay readable.
 
     Args:
         state (object): What a file holds under ``_extra_state`` (see ``BayesPFLModel.get_extra_state``).
 
     Returns:
-        dict[str, int | str]: ``{"stage": int, "class_name": str}``, plain Python values.
+        dict[str, Any]: ``{"stage": int, "class_name": str}`` plus ``"settings"`` when recorded, plain Python values.
 
     Raises:
-        ValueError: If ``state`` is not such a dict, the stage is not the integer 1 or 2, or the class name is not a
-            string of at most :data:`MAX_CLASS_NAME_LENGTH` characters. The message quotes values briefly.
+        ValueError: If ``state`` is not such a dict, the stage is not the integer 1 or 2, the class name is not a
+            string of at most :data:`MAX_CLASS_NAME_LENGTH` characters, or the settings are not small plain values
+            of known names. The message quotes values briefly.
 
     Example:
         >>> validate_extra_state({"stage": 2, "class_name": "bottle"})
@@ -194,7 +200,7 @@ def validate_extra_state(state: object) -> dict[str, int | str]:
     if not isinstance(state, dict):
         msg = f"{EXTRA_STATE_WHAT}: it must be a dict with 'stage' and 'class_name', got {_quote(state)}."
         raise ValueError(msg)
-    _check_keys(state, ("stage", "class_name"), EXTRA_STATE_WHAT)
+    _check_keys(state, ("stage", "class_name", *(("settings",) if "settings" in state else ())), EXTRA_STATE_WHAT)
     stage, class_name = state["stage"], state["class_name"]
     if isinstance(stage, bool) or not isinstance(stage, int) or stage not in STAGES:
         msg = f"{EXTRA_STATE_WHAT}: stage must be 1 or 2 (an int), got {_quote(stage)}."
@@ -211,7 +217,10 @@ def validate_extra_state(state: object) -> dict[str, int | str]:
             f"got one of {len(class_name)}: {_quote(class_name, 60)}."
         )
         raise ValueError(msg)
-    return {"stage": int(stage), "class_name": str(class_name)}
+    checked = {"stage": int(stage), "class_name": str(class_name)}
+    if "settings" in state:
+        checked["settings"] = validate_settings(state["settings"], EXTRA_STATE_WHAT)
+    return checked
 
 
 STAGE_SWITCH_WHAT = f"Invalid '{STAGE_SWITCH_ENTRY}' entry (the stage switch's memory) of the checkpoint"

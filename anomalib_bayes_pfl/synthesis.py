@@ -24,7 +24,7 @@ Paper:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -264,14 +264,58 @@ class ObjectAttentionAnomalyGenerator(nn.Module):
             synthetic anomalies together).
         """
         chosen = self.choose(labels, generator)
+        images, labels, new_masks = self._synthesise(images, chosen, labels, backbone, attention_layer, generator)
+        if masks is not None:
+            new_masks = torch.maximum(new_masks, (masks > 0.5).to(new_masks.dtype))
+        return images, labels, new_masks
+
+    @torch.no_grad()
+    def validation_images(
+        self,
+        images: torch.Tensor,
+        backbone: ClipBackbone,
+        attention_layer: int,
+        seeds: Sequence[int],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each image with one anomaly drawn from its own seed: the same anomaly whatever the batch or the epoch.
+
+        Label-free validation compares epochs, so its anomalies must not change between them; drawing each image's
+        anomaly from a generator of its own (not the batch's) also makes it independent of batch size and order.
+        Every image is chosen (``probability`` does not apply); one whose object is too small for an anomaly stays
+        normal, with label 0 and an empty mask.
+
+        Args:
+            images (torch.Tensor): CLIP-normalised images ``(N, 3, H, W)``.
+            backbone (ClipBackbone): The model's frozen CLIP.
+            attention_layer (int): 1-indexed block whose class-token attention finds the object.
+            seeds (Sequence[int]): One seed per image.
+
+        Returns:
+            tuple[torch.Tensor, torch.Tensor, torch.Tensor]: Normalised images, labels ``(N,)`` and masks ``(N, H, W)``.
+        """
+        first, normal = torch.zeros(1, dtype=torch.long, device=images.device), images.new_zeros(1)
+        drawn = [
+            self._synthesise(image[None], first, normal, backbone, attention_layer, torch.Generator().manual_seed(seed))
+            for image, seed in zip(images, seeds, strict=True)
+        ]
+        return tuple(torch.cat(parts) for parts in zip(*drawn, strict=True))
+
+    def _synthesise(
+        self,
+        images: torch.Tensor,
+        chosen: torch.Tensor,
+        labels: torch.Tensor,
+        backbone: ClipBackbone,
+        attention_layer: int,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Anomalies on the chosen CLIP-normalised images, blended in pixel space: images, labels, new masks."""
         attention = backbone.class_attention(images[chosen], attention_layer)
         foreground = attention_foreground(attention, tuple(images.shape[-2:]))
         mean = images.new_tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
         std = images.new_tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
         synthetic, new_masks, labels = self.add_anomalies(images * std + mean, foreground, chosen, labels, generator)
         images = torch.where(new_masks.bool().unsqueeze(1), (synthetic - mean) / std, images)
-        if masks is not None:
-            new_masks = torch.maximum(new_masks, (masks > 0.5).to(new_masks.dtype))
         return images, labels, new_masks
 
     def _draw(

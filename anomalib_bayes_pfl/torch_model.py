@@ -22,11 +22,14 @@ from collections.abc import Sequence
 
 import torch
 from anomalib.data import InferenceBatch
+from open_clip.transformer import QuickGELU
 from torch import nn
 
 from . import defaults
 from .anomaly_map import AnomalyMapGenerator
 from .backbone import ClipBackbone
+from .finite import flag_non_finite_images
+from .head_settings import check_settings, requested_settings
 from .image_branch import ImageBranch
 from .prompt_flow import PromptFlow
 from .prompting import PromptBank, check_class_names, inject_prompts, tokenize_class_names
@@ -51,6 +54,19 @@ def _require_positive(**sizes: int) -> None:
             raise ValueError(msg)
 
 
+def _keep_own_smoothing_kernel(model: BayesPFLModel, state_dict: dict, prefix: str, *args: object) -> None:
+    """Load-state-dict pre-hook: the smoothing kernel follows this model's ``gaussian_sigma``, never a file's.
+
+    Checkpoints hold the kernel (anomalib's ``GaussianBlur2d`` keeps it as a buffer); a stored one of the same size
+    would otherwise replace the model's sigma silently. The file's entries are swapped for this model's own.
+    """
+    del args
+    scoring = prefix + "anomaly_map."
+    for key in [key for key in state_dict if key.startswith(scoring)]:
+        del state_dict[key]
+    state_dict.update(model.anomaly_map.state_dict(prefix=scoring))
+
+
 class BayesPFLModel(nn.Module):
     """Bayes-PFL on a frozen open_clip ViT.
 
@@ -68,7 +84,8 @@ class BayesPFLModel(nn.Module):
         num_flows (int): Planar flows per distribution ``K``. Defaults to ``10``.
         num_samples (int): Prompt samples per image at evaluation ``R``. Defaults to ``10``.
         eval_seed (int): Seed of the fixed evaluation noise. Defaults to ``0``.
-        class_name (str | None): Class name written into the prompts at inference; ``None``: ``"object"``.
+        class_name (str | None): Class name written into the prompts at inference; ``None``: the name stored with
+            loaded weights, else ``"object"``. A given name is never replaced by a stored one.
             Defaults to ``None``.
         gaussian_sigma (float): Smoothing of the anomaly map. Defaults to ``8``.
         score_alpha (float): Weight of the image branch in the image score. Defaults to ``0.5``.
@@ -107,8 +124,7 @@ class BayesPFLModel(nn.Module):
             num_flows=num_flows,
             num_samples=num_samples,
         )
-        class_name = DEFAULT_CLASS_NAME if class_name is None else class_name
-        check_class_names([class_name])
+        check_class_names([DEFAULT_CLASS_NAME if class_name is None else class_name])
         self.anomaly_map = AnomalyMapGenerator(image_size, gaussian_sigma, score_alpha, top_k)
         self.backbone = ClipBackbone(
             backbone, pretrained, image_size, tuple(feature_layers), activation, locality_window, locality_layers
@@ -123,7 +139,16 @@ class BayesPFLModel(nn.Module):
         self.temperature_pixel = nn.Parameter(torch.tensor(INITIAL_TEMPERATURE))
         self._init_head()
         self.stage = 1
-        self.set_class_name(class_name)
+        self._use_class_name(DEFAULT_CLASS_NAME if class_name is None else class_name)
+        self.class_name_given = class_name is not None
+        arguments = {"backbone": backbone, "image_size": image_size, "feature_layers": feature_layers}
+        arguments |= {"num_prompts": num_prompts, "context_length": context_length, "state_length": state_length}
+        arguments |= {"num_flows": num_flows, "num_samples": num_samples, "eval_seed": eval_seed}
+        self.settings = requested_settings(arguments | {"locality_window": locality_window}) | {
+            "activation": "quick_gelu" if self._uses_quick_gelu() else "gelu",
+            "locality_layers": list(self.backbone.locality_layers),
+        }
+        self.register_load_state_dict_pre_hook(_keep_own_smoothing_kernel)
 
     def _init_head(self) -> None:
         """Re-initialise every linear layer of the trainable head as the reference does."""
@@ -134,29 +159,46 @@ class BayesPFLModel(nn.Module):
                     if layer.bias is not None:
                         nn.init.zeros_(layer.bias)
 
-    # -- class name and stage: plain Python state, carried in the state dict as extra state ----------------------
+    def _uses_quick_gelu(self) -> bool:
+        """Whether CLIP's MLPs run QuickGELU (what ``activation="auto"`` resolved to)."""
+        return any(isinstance(module, QuickGELU) for module in self.backbone.clip.visual.modules())
+
+    # -- class name, stage and settings: plain Python state, carried in the state dict as extra state -----------
 
     def set_class_name(self, class_name: str) -> None:
-        """Set the class name written into the prompts at inference (exported with the model)."""
+        """Set the class name written into the prompts at inference (exported with the model).
+
+        A name set here (or given to the constructor) is the user's: weights loaded later keep it, their stored
+        name is only used when none was given.
+        """
+        self._use_class_name(class_name)
+        self.class_name_given = True
+
+    def _use_class_name(self, class_name: str) -> None:
+        """Tokenise ``class_name`` into the prompt template buffer."""
         tokens, self._class_eos = self._tokenize([class_name])
         self.register_buffer("class_tokens", tokens.to(self.temperature_image.device), persistent=False)
         self.class_name = class_name
 
-    def get_extra_state(self) -> dict[str, int | str]:
-        """Store the training stage and the class name with the weights."""
-        return {"stage": self.stage, "class_name": self.class_name}
+    def get_extra_state(self) -> dict[str, object]:
+        """Store the training stage, the class name and the settings that shape the outputs with the weights."""
+        return {"stage": self.stage, "class_name": self.class_name, "settings": dict(self.settings)}
 
     def set_extra_state(self, state: object) -> None:
-        """Restore the stage and class name saved by :meth:`get_extra_state`, checking them first.
+        """Restore the stage (and the class name, unless one was given) saved by :meth:`get_extra_state`.
 
         The state comes from a file (a head, a checkpoint), so its types and sizes are checked before use (see
-        :func:`~anomalib_bayes_pfl.safe_loading.validate_extra_state`); on an error nothing changes.
+        :func:`~anomalib_bayes_pfl.safe_loading.validate_extra_state`), and its recorded settings must be this
+        model's (see :mod:`~anomalib_bayes_pfl.head_settings`); on an error nothing changes.
 
         Raises:
-            ValueError: If ``state`` is not ``{"stage": 1 | 2, "class_name": str}`` with a short class name.
+            ValueError: If ``state`` is not ``{"stage": 1 | 2, "class_name": str, "settings": dict}`` with a short
+                class name, or the recorded settings differ from this model's (each difference is named).
         """
         state = validate_extra_state(state)
-        self.set_class_name(state["class_name"])
+        check_settings(state.get("settings"), self.settings, "The loaded head")
+        if not self.class_name_given:
+            self._use_class_name(state["class_name"])
         self.stage = state["stage"]
 
     # -- parameter groups (learning rates differ per group) ----------------------------------------------------
@@ -250,7 +292,9 @@ class BayesPFLModel(nn.Module):
                 global generator when ``None``); unused in eval mode, which samples fixed noise.
 
         Returns:
-            InferenceBatch | dict: In eval mode, ``InferenceBatch(pred_score (N,), anomaly_map (N, S, S))``.
+            InferenceBatch | dict: In eval mode, ``InferenceBatch(pred_score (N,), anomaly_map (N, S, S))``; an
+            image with a NaN or Inf pixel scores ``+inf`` everywhere (anomalous: a graph cannot raise, and NaN would
+            be labelled normal).
             In training mode, the loss inputs: ``image_logits (N, 2B)``, ``pixel_logits`` (per layer
             ``(N, P, 2B)``; empty in stage 2), ``text_embeddings (N, 2, B, E)``, ``kl (3,)`` and the frozen
             ``global_feature (N, E)``.
@@ -277,4 +321,5 @@ class BayesPFLModel(nn.Module):
                 "global_feature": global_feature,
             }
         score, anomaly_map = self.anomaly_map(image_logits, pixel_logits, self.backbone.grid_size, (size, size))
+        score, anomaly_map = flag_non_finite_images(images, score, anomaly_map)
         return InferenceBatch(pred_score=score, anomaly_map=anomaly_map)

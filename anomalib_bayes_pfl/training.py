@@ -5,9 +5,10 @@
 
 * **Stage 1** trains the prompt bank, the prompt flows, RCA and the class mapping with Adam over four learning-rate
   groups, warm-up then cosine decay. Each step trains one (normal, abnormal) pair of the bank, drawn at random.
-* **Stage 1 ends** after ``patience`` validation epochs without a better source pixel AP (or at a cap of epochs);
-  the best stage-1 weights of the head are restored, as the reference does, and
-* **stage 2** trains the image branch alone (its own Adam), on frozen prompts.
+* **Stage 1 ends** after ``patience`` validation epochs without a source pixel AP at least as high as the best
+  (or at a cap of epochs); the best stage-1 weights of the head are restored, as the reference does, and
+* **stage 2** trains the image branch alone (its own Adam), on frozen prompts, until ``patience`` epochs pass
+  without a source image AP at least as high as its best (the reference's early stop).
 
 Every random choice here is a function of the run's seed and the step, so DDP ranks agree and a resumed run draws
 what an uninterrupted one would.
@@ -28,6 +29,12 @@ import torch
 from .checkpoints import head_state_dict
 from .resume import SEED_STRIDE
 from .torch_model import BayesPFLModel
+
+SWITCHED = "switched"
+"""What :meth:`StageSwitch.end_of_epoch` returns when the model has just been switched to stage 2."""
+
+STOP = "stop"
+"""What :meth:`StageSwitch.end_of_epoch` returns when stage 2 stopped improving and training should end."""
 
 PAIR_SEED = 0x5EED
 """Offsets the pair generator's seed from the step generator's, so the pair is not correlated with the noise."""
@@ -126,13 +133,18 @@ def check_training_data(datamodule: object) -> None:
 
 
 class StageSwitch:
-    """The rule that ends stage 1: ``patience`` epochs without a better source pixel AP, or a cap of epochs.
+    """The reference's two early stops: stage 1 ends, then training ends, after ``patience`` epochs without gain.
 
-    It remembers the head of the best stage-1 epoch; :meth:`end_of_epoch` restores it into the model when it
-    switches the model to stage 2 (the reference continues from its best stage-1 weights, not the last ones).
+    * **Stage 1** ends after ``patience`` consecutive validation epochs without a source pixel AP at least as high
+      as the best so far (or at a cap of epochs). The head of the best epoch is remembered and restored into the
+      model at the switch (the reference continues from its best stage-1 weights, not the last ones).
+    * **Stage 2** then watches the source image AP from scratch and asks to stop after ``patience`` epochs without
+      one at least as high as its best.
+
+    A tie counts as a gain (the reference's ``>=``): it resets the patience and keeps the later weights.
 
     Args:
-        patience (int): Validation epochs without improvement before the switch.
+        patience (int): Validation epochs without improvement before the switch, and before the stop.
         max_epochs (int | None): Switch after this many stage-1 epochs at the latest; ``None``: patience only.
     """
 
@@ -142,32 +154,45 @@ class StageSwitch:
         self.stale = 0
         self.best_head: dict[str, torch.Tensor] | None = None
 
-    def end_of_epoch(self, model: BayesPFLModel, epoch: int, value: float | None) -> bool:
-        """Record epoch ``epoch``'s stage-1 metric; at the switch, restore the best head and set stage 2.
+    def end_of_epoch(
+        self, model: BayesPFLModel, epoch: int, pixel_ap: float | None, image_ap: float | None = None
+    ) -> str | None:
+        """Record epoch ``epoch``'s validation; switch the model to stage 2, or say that training should stop.
 
         Args:
             model (BayesPFLModel): The model in training; its ``stage`` and head change at the switch.
             epoch (int): 0-indexed epoch that just ended.
-            value (float | None): Its source pixel AP (``None`` when validation did not run).
+            pixel_ap (float | None): Its source pixel AP, watched in stage 1 (``None``: validation did not run).
+            image_ap (float | None): Its source image AP, watched in stage 2 (``None``: validation did not run).
 
         Returns:
-            bool: Whether the model was switched to stage 2 now.
+            str | None: :data:`SWITCHED` when the model was switched to stage 2 now, :data:`STOP` when stage 2 ran
+            out of patience, else ``None``.
         """
-        if model.stage != 1:
-            return False
-        if value is not None and (self.best is None or value > self.best):
-            self.best, self.stale = value, 0
+        if model.stage == 2:
+            self._record(image_ap)
+            return STOP if self.stale >= self.patience else None
+        if self._record(pixel_ap):
             self.best_head = copy.deepcopy(head_state_dict(model))
-        elif value is not None:
-            self.stale += 1
         reached_cap = self.max_epochs is not None and epoch + 1 >= self.max_epochs
         if self.stale < self.patience and not reached_cap:
-            return False
+            return None
         if self.best_head is not None:
             model.load_state_dict(self.best_head, strict=False)
         model.stage = 2
-        self.best_head = None  # served its purpose; stage-2 checkpoints need not carry a second head
-        return True
+        # stage 2 watches another metric from scratch; its checkpoints need not carry a second head
+        self.best, self.stale, self.best_head = None, 0, None
+        return SWITCHED
+
+    def _record(self, value: float | None) -> bool:
+        """Count ``value`` against the best so far; whether it is a gain (ties are, as in the reference)."""
+        if value is None:
+            return False
+        if self.best is None or value >= self.best:
+            self.best, self.stale = value, 0
+            return True
+        self.stale += 1
+        return False
 
     def state_dict(self) -> dict[str, Any]:
         """Plain-data state for checkpoints."""

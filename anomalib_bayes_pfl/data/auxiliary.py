@@ -39,6 +39,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import logging
 import numbers
@@ -48,14 +49,20 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+import torch
+from anomalib import TaskType
+from anomalib.data import ImageItem
 from anomalib.data.datamodules.base.image import AnomalibDataModule
 from anomalib.data.datasets import FolderDataset, MVTecADDataset, VisaDataset
 from anomalib.data.datasets.base.image import AnomalibDataset
 from anomalib.data.datasets.image.mvtecad import IMG_EXTENSIONS as MVTEC_EXTENSIONS
 from anomalib.data.datasets.image.visa import EXTENSIONS as VISA_EXTENSIONS
-from anomalib.data.utils import Split, TestSplitMode, ValSplitMode
+from anomalib.data.utils import LabelName, Split, TestSplitMode, ValSplitMode, read_image
+from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Transform
+from torchvision.transforms.v2.functional import to_image
+from torchvision.tv_tensors import Mask
 
 from ..resume import EpochShuffleSampler
 
@@ -153,10 +160,8 @@ def _check_category_folder(root: Path, category: str, dataset_format: str, role:
 
     This replaces anomalib's ``prepare_data`` download: training data must already be present.
     """
-    from .synthetic import DEFAULT_CATEGORIES  # noqa: PLC0415 - the demo generator stays off the import path
-
-    hint = _DEMO_HINT.format(root=_dataset_root(root, dataset_format), categories=", ".join(DEFAULT_CATEGORIES))
     if not root.is_dir():
+        hint = _demo_hint(_dataset_root(root, dataset_format))
         msg = f"{role}_root '{root}' does not exist. Expected layout: {_LAYOUTS[dataset_format]}. {hint}"
         raise FileNotFoundError(msg)
     folder = _dataset_root(root, dataset_format) / category
@@ -164,10 +169,27 @@ def _check_category_folder(root: Path, category: str, dataset_format: str, role:
         msg = (
             f"{role} category '{category}' not found: '{folder / 'test'}' is not a folder. "
             f"Expected layout ({role}_format='{dataset_format}'): {_LAYOUTS[dataset_format]}. "
-            f"Check {role}_root and {role}_categories. {hint}"
+            f"Check {role}_root and {role}_categories. {_category_hint(folder.parent, category)}"
         )
         raise FileNotFoundError(msg)
     return folder
+
+
+def _demo_hint(root: Path) -> str:
+    """How to generate demo data at ``root`` (offered only where no dataset is: it would write into one)."""
+    from .synthetic import DEFAULT_CATEGORIES  # noqa: PLC0415 - the demo generator stays off the import path
+
+    return _DEMO_HINT.format(root=root, categories=", ".join(DEFAULT_CATEGORIES))
+
+
+def _category_hint(root: Path, category: str) -> str:
+    """The categories found in an existing dataset folder (with the closest name first), or the demo hint if none."""
+    found = [path.name for path in _subfolders(root) if (path / "test").is_dir()]
+    if not found:
+        return _demo_hint(root)
+    close = difflib.get_close_matches(category, found, n=1)
+    guess = f"Did you mean '{close[0]}'? " if close else ""
+    return f"{guess}Categories found in '{root}': {', '.join(found)}."
 
 
 def _subfolders(folder: Path) -> list[Path]:
@@ -287,6 +309,63 @@ def _concatenate(datasets: Sequence[AnomalibDataset]) -> AnomalibDataset:
     combined = functools.reduce(operator.add, datasets)
     combined.samples.attrs["task"] = "segmentation" if "segmentation" in tasks else "classification"
     return combined
+
+
+MASK_THRESHOLD = 128
+"""Grey level (of 255) from which a training-mask pixel is anomalous: half intensity, the reference's 0.5."""
+
+
+def read_training_mask(path: str | Path) -> Mask:
+    """A mask binarised at half intensity, so faint non-zero background (JPEG artefacts, anti-aliasing) stays normal.
+
+    anomalib's ``read_mask`` keeps every non-zero pixel, which turns such a mask's whole image into anomaly
+    target. Masks of anomalib's layouts (0 and 255) read the same either way.
+
+    Raises:
+        ValueError: If the mask is non-zero but nowhere reaches half intensity: class-id masks (1, 2, ...) or
+            masks scaled to [0, 1] would otherwise become empty targets of an anomalous image, silently.
+    """
+    grey = to_image(Image.open(path).convert("L")).squeeze(0)
+    brightest = int(grey.max())
+    if 0 < brightest < MASK_THRESHOLD:
+        msg = (
+            f"Mask {path} is non-zero but its brightest pixel is {brightest} of 255: anomalies are read where a mask "
+            f"is at least {MASK_THRESHOLD}. Save masks with 255 for anomalous pixels (class-id or 0/1 masks: "
+            "multiply them by 255)."
+        )
+        raise ValueError(msg)
+    return Mask(grey >= MASK_THRESHOLD, dtype=torch.uint8)
+
+
+class HalfIntensityMasks(AnomalibDataset):
+    """The training split: anomalib's items, with anomalous masks read by :func:`read_training_mask`.
+
+    Args:
+        dataset (AnomalibDataset): The split to read (its samples and augmentations are taken over).
+    """
+
+    def __init__(self, dataset: AnomalibDataset) -> None:
+        super().__init__(augmentations=dataset.augmentations)
+        self.samples = dataset.samples
+
+    def __getitem__(self, index: int) -> ImageItem:
+        """The image, its label and its half-intensity mask (augmented together), as anomalib's item."""
+        sample = self.samples.iloc[index]
+        if self.task != TaskType.SEGMENTATION or sample.label_index == LabelName.UNKNOWN:
+            return super().__getitem__(index)
+        image = read_image(sample.image_path, as_tensor=True)
+        mask = Mask(torch.zeros(image.shape[-2:], dtype=torch.uint8))
+        if sample.label_index == LabelName.ABNORMAL:
+            mask = read_training_mask(sample.mask_path)
+        if self.augmentations:
+            image, mask = self.augmentations(image, mask)
+        return ImageItem(
+            image=image,
+            gt_mask=mask,
+            gt_label=torch.tensor(sample.label_index),
+            image_path=sample.image_path,
+            mask_path=sample.mask_path,
+        )
 
 
 def _holdout_size(count: int, ratio: float) -> int:
@@ -476,7 +555,7 @@ class AuxiliaryTrain(AnomalibDataModule):
                 train_parts.append(train_part)
             if self.train_split in {"train", "both"}:
                 train_parts.append(_normal_train_dataset(self.source_root, category, self.source_format))
-        self.train_data = _concatenate(train_parts)
+        self.train_data = HalfIntensityMasks(_concatenate(train_parts))
         self.val_data = _concatenate(val_parts)
         if self.target_root is None:
             self.test_data = copy.deepcopy(self.val_data)

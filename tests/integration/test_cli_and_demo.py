@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anomalib_bayes_pfl.demo import run
+from anomalib_bayes_pfl.demo import TARGET_CATEGORIES, run
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,8 @@ def test_demo_runs_offline(tmp_path: Path) -> None:
     results = run(tmp_path, epochs=2)
     assert {"image_AUROC", "pixel_AUROC", "pixel_AUPRO"} <= set(results)
     assert (tmp_path / "bayes_pfl_head.pt").is_file()
-    assert list((tmp_path / "results").rglob("images/*/*.png"))
+    pictures = list((tmp_path / "results").rglob("images/*/*/*.png"))  # images/<category>/<defect>/<file>
+    assert {picture.parts[-3] for picture in pictures} == set(TARGET_CATEGORIES)
 
 
 @pytest.mark.parametrize(

@@ -84,6 +84,8 @@ class TestConfiguration:
             ({"name": "not-a-model"}, "Unknown backbone"),
             ({"image_size": 65}, "multiple"),
             ({"feature_layers": (1, 9)}, "feature_layers"),
+            ({"feature_layers": (4, 4)}, r"feature_layers=\(4, 4\) .*each block once, in increasing order"),
+            ({"feature_layers": (4, 2)}, r"feature_layers=\(4, 2\) .*each block once, in increasing order"),
             ({"activation": "relu"}, "activation"),
             ({"pretrained": "no-such-tag"}, "Unknown pretrained tag"),
         ],

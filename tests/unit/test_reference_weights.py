@@ -118,6 +118,13 @@ def test_stage_from_epoch_file_name(model: BayesPFLModel, tmp_path: Path) -> Non
     assert model.stage == 1
 
 
+@pytest.mark.parametrize("name", ["train_visa_1.pth", "my_run_3.pth", "my_run_1.pth", "best_epoch_post_7_1.pth"])
+def test_stage_is_read_only_from_epoch_file_names(model: BayesPFLModel, tmp_path: Path, name: str) -> None:
+    """Any other name is a released (stage 2) head, whatever number it ends with."""
+    load_prompt_weights(model, _save(tmp_path, reference_state_dict(), name))
+    assert model.stage == 2
+
+
 def test_unknown_key_is_an_error(model: BayesPFLModel, tmp_path: Path) -> None:
     """A key the mapping does not know is named."""
     state = reference_state_dict() | {"extra_head.weight": torch.zeros(1)}

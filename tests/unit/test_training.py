@@ -11,6 +11,8 @@ from anomalib_bayes_pfl.checkpoints import head_state_dict
 from anomalib_bayes_pfl.resume import EpochShuffleSampler
 from anomalib_bayes_pfl.torch_model import BayesPFLModel
 from anomalib_bayes_pfl.training import (
+    STOP,
+    SWITCHED,
     StageSwitch,
     build_optimizers,
     check_schedule,
@@ -80,6 +82,32 @@ class TestStageSwitch:
         switch = StageSwitch(patience=4, max_epochs=2)
         assert not switch.end_of_epoch(model, 0, 0.1)
         assert switch.end_of_epoch(model, 1, 0.2)
+        assert model.stage == 2
+
+    @staticmethod
+    def test_a_tie_is_a_gain_that_keeps_the_later_head() -> None:
+        """The reference's ``>=``: an equal pixel AP resets the patience and the later weights are the best."""
+        model = _model()
+        switch = StageSwitch(patience=1, max_epochs=None)
+        prompt = model.prompt_bank.prompt_context
+        for epoch in range(2):
+            with torch.no_grad():
+                prompt.fill_(float(epoch))
+            assert switch.end_of_epoch(model, epoch, 0.5) is None
+        assert switch.stale == 0
+        assert switch.end_of_epoch(model, 2, 0.4) == SWITCHED
+        assert torch.all(prompt == 1.0)
+
+    @staticmethod
+    def test_stage_two_stops_after_patience_epochs_without_a_better_image_ap() -> None:
+        """Stage 2 watches the image AP from scratch (ties count as gains) and stops as the reference does."""
+        model = _model()
+        switch = StageSwitch(patience=2, max_epochs=1)
+        assert switch.end_of_epoch(model, 0, 0.9, 0.1) == SWITCHED
+        assert (switch.best, switch.stale) == (None, 0)
+        verdicts = [switch.end_of_epoch(model, epoch, 0.0, ap) for epoch, ap in enumerate([0.6, 0.6, 0.5, None], 1)]
+        assert verdicts == [None, None, None, None]  # gain, tie (a gain), stale, no validation
+        assert switch.end_of_epoch(model, 5, 0.0, 0.59) == STOP
         assert model.stage == 2
 
     @staticmethod

