@@ -4,9 +4,9 @@ PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.bootstrap-stamp
 # Re-bootstrap whenever the packaging or the dev tooling changes (only real source files, so that a
 # devtools/__pycache__ directory cannot trigger a rebuild).
-BOOTSTRAP_DEPS := pyproject.toml constraints.txt $(filter-out devtools/mutants.py,$(wildcard devtools/*.py devtools/*.sh))
+BOOTSTRAP_DEPS := pyproject.toml constraints.txt $(filter-out devtools/mutants.py devtools/anomalib_suite%,$(wildcard devtools/*.py devtools/*.sh))
 
-.PHONY: setup demo test lint mutants
+.PHONY: setup demo test lint mutants anomalib-suite
 
 setup: $(STAMP)
 
@@ -26,3 +26,9 @@ lint: setup
 # Options through ARGS, e.g. make mutants ARGS="--only dice-eps-one --timeout 300".
 mutants: setup
 	$(PYTHON) devtools/mutants.py $(ARGS)
+
+# anomalib's own model and CLI suites (tests/integration/{model/test_models,cli/test_cli}.py) on BayesPFL's default
+# configuration, tiny and offline (devtools/anomalib_suite.py). The suites are fetched from GitHub on first use, so
+# CI cannot run them: run before resolving an issue. Options through ARGS, e.g. ARGS="--source ~/anomalib".
+anomalib-suite: setup
+	$(PYTHON) devtools/anomalib_suite.py $(ARGS)

@@ -15,6 +15,9 @@ a time, and anomalib's post-processor normalises with statistics from validation
 (``benchmarks/paper_protocol.py``) takes the two halves of the score apart with
 :meth:`AnomalyMapGenerator.score_parts` and normalises each over a category's test set.
 
+On request the same pass also gives the per-pixel uncertainty: how much the pairs' maps (the prompt samples)
+disagree (:mod:`~anomalib_bayes_pfl.uncertainty`); the map and score stay the same to the bit.
+
 Paper:
     Qu et al., CVPR 2025, Sec. 3.5 and 4.1. Reference code: ``test.py`` of
     https://github.com/xiaozhen228/Bayes-PFL (MIT).
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -33,6 +37,7 @@ from anomalib.models.components.filters.blur import compute_kernel_size
 from torch import nn
 
 from . import defaults
+from .uncertainty import mutual_information
 
 
 def pair_logit_difference(logits: torch.Tensor) -> torch.Tensor:
@@ -46,26 +51,50 @@ def pair_logit_difference(logits: torch.Tensor) -> torch.Tensor:
     return logits[..., half:] - logits[..., :half]
 
 
-def pixel_anomaly_probability(
+def pair_probabilities(
     layer_logits: list[torch.Tensor], grid: tuple[int, int], size: tuple[int, int]
-) -> torch.Tensor:
-    """Mean anomalous probability over layers and pairs, at the input resolution.
+) -> Iterator[torch.Tensor]:
+    """Per tapped layer, each pair's anomalous probability at the input resolution ``(N, K, H, W)``."""
+    for logits in layer_logits:
+        difference = pair_logit_difference(logits).transpose(1, 2).unflatten(2, grid)  # (N, K, h, w)
+        upsampled = F.interpolate(difference, size=size, mode="bilinear", align_corners=True)
+        yield torch.sigmoid(upsampled)
+
+
+def pixel_anomaly_maps(
+    layer_logits: list[torch.Tensor], grid: tuple[int, int], size: tuple[int, int], uncertainty: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The anomaly probability map and, if asked, the uncertainty map, from one pass over the layers.
+
+    The map is the mean over layers of each layer's mean over pairs (the reference's order, kept to the bit). The
+    uncertainty needs each pair's own map (its sample map: the mean over layers), so those are summed alongside;
+    the pairs are the ``R x B`` prompt samples (see :mod:`~anomalib_bayes_pfl.uncertainty`).
 
     Args:
         layer_logits (list[torch.Tensor]): Per tapped layer, patch logits ``(N, P, 2K)`` (``K`` pairs).
         grid (tuple[int, int]): Patch grid ``(h, w)`` with ``h * w = P``.
         size (tuple[int, int]): Output size ``(H, W)``.
+        uncertainty (bool): Also compute the uncertainty map. Defaults to ``False``.
 
     Returns:
-        torch.Tensor: Anomaly probability map ``(N, H, W)``.
+        tuple[torch.Tensor, torch.Tensor | None]: Anomaly probability map ``(N, H, W)``; uncertainty map
+        ``(N, H, W)`` in nats, or ``None``.
     """
-    total = None
-    for logits in layer_logits:
-        difference = pair_logit_difference(logits).transpose(1, 2).unflatten(2, grid)  # (N, K, h, w)
-        upsampled = F.interpolate(difference, size=size, mode="bilinear", align_corners=True)
-        probability = torch.sigmoid(upsampled).mean(dim=1)
-        total = probability if total is None else total + probability
-    return total / len(layer_logits)
+    total = samples = None
+    for probability in pair_probabilities(layer_logits, grid, size):
+        mean = probability.mean(dim=1)
+        total = mean if total is None else total + mean
+        if uncertainty:
+            samples = probability if samples is None else samples + probability
+    spread = None if samples is None else mutual_information(samples / len(layer_logits))
+    return total / len(layer_logits), spread
+
+
+def pixel_anomaly_probability(
+    layer_logits: list[torch.Tensor], grid: tuple[int, int], size: tuple[int, int]
+) -> torch.Tensor:
+    """Mean anomalous probability over layers and pairs ``(N, H, W)`` (arguments of :func:`pixel_anomaly_maps`)."""
+    return pixel_anomaly_maps(layer_logits, grid, size)[0]
 
 
 def image_anomaly_probability(logits: torch.Tensor) -> torch.Tensor:
@@ -136,6 +165,9 @@ class ScoreParts(NamedTuple):
     raw_map: torch.Tensor
     """Anomaly probability map before smoothing ``(N, H, W)``."""
 
+    uncertainty_map: torch.Tensor | None = None
+    """Mutual information between prompt sample and label ``(N, H, W)``, unsmoothed; ``None`` unless asked for."""
+
 
 class AnomalyMapGenerator(nn.Module):
     """Fuses per-layer pixel logits and image logits into the anomaly map and the image score.
@@ -169,9 +201,19 @@ class AnomalyMapGenerator(nn.Module):
         layer_logits: list[torch.Tensor],
         grid: tuple[int, int],
         size: tuple[int, int],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the image score ``(N,)`` and the smoothed anomaly map ``(N, H, W)``."""
-        parts = self.score_parts(image_logits, layer_logits, grid, size)
+        uncertainty: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
+        """The image score ``(N,)``, the smoothed anomaly map ``(N, H, W)`` and, if asked, the uncertainty map.
+
+        The uncertainty map ``(N, H, W)`` is returned third, and only with ``uncertainty=True``, so that the
+        two-value form stays what it always was.
+        """
+        parts = self.score_parts(image_logits, layer_logits, grid, size, uncertainty=uncertainty)
+        fused = self.fuse(parts)
+        return fused if parts.uncertainty_map is None else (*fused, parts.uncertainty_map)
+
+    def fuse(self, parts: ScoreParts) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image score ``(N,)`` (the two halves weighted by ``alpha``) and the smoothed map ``(N, H, W)``."""
         score = self.alpha * parts.text_score + (1 - self.alpha) * parts.map_score
         return score, self.blur(parts.raw_map.unsqueeze(1)).squeeze(1)
 
@@ -182,6 +224,7 @@ class AnomalyMapGenerator(nn.Module):
         grid: tuple[int, int],
         size: tuple[int, int],
         top_k: int | None = None,
+        uncertainty: bool = False,
     ) -> ScoreParts:
         """The unfused text and map scores and the unsmoothed map (same arguments as :meth:`forward`).
 
@@ -192,10 +235,12 @@ class AnomalyMapGenerator(nn.Module):
             size (tuple[int, int]): Map size ``(H, W)``.
             top_k (int | None): Pixels averaged into the map score; ``None``: this generator's ``top_k``. The
                 paper's evaluation uses fewer for small-defect categories. Defaults to ``None``.
+            uncertainty (bool): Also compute the uncertainty map. Defaults to ``False``.
 
         Returns:
-            ScoreParts: ``text_score (N,)``, ``map_score (N,)`` and ``raw_map (N, H, W)``.
+            ScoreParts: ``text_score (N,)``, ``map_score (N,)``, ``raw_map (N, H, W)`` and, if asked,
+            ``uncertainty_map (N, H, W)``.
         """
-        raw_map = pixel_anomaly_probability(layer_logits, grid, size)
+        raw_map, uncertainty_map = pixel_anomaly_maps(layer_logits, grid, size, uncertainty)
         map_score = top_k_mean(raw_map, self.top_k if top_k is None else top_k)
-        return ScoreParts(image_anomaly_probability(image_logits), map_score, raw_map)
+        return ScoreParts(image_anomaly_probability(image_logits), map_score, raw_map, uncertainty_map)

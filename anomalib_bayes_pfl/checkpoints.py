@@ -44,9 +44,10 @@ from .safe_loading import (
 
 logger = logging.getLogger(__name__)
 
-NOT_HEAD_PREFIXES = ("backbone.", "anomaly_map.")
-"""Not saved with a head: the frozen CLIP (it has its own weights) and the smoothing kernel (derived from
-``gaussian_sigma``, a setting of the model that loads the head)."""
+NOT_HEAD_PREFIXES = ("backbone.", "anomaly_map.", "few_shot.")
+"""Not saved with a head: the frozen CLIP (it has its own weights), the smoothing kernel (derived from
+``gaussian_sigma``, a setting of the model that loads the head) and the few-shot memory (the reference images of a
+category, not trained weights)."""
 
 
 def head_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

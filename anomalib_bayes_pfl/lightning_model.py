@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 from anomalib import LearningType
-from anomalib.data import Batch
+from anomalib.data import Batch, InferenceBatch
 from anomalib.metrics import AUPR, AUPRO, AUROC, Evaluator, F1Max
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
@@ -47,6 +47,7 @@ from .checkpointing import BestAndLastCheckpoint, drop_frozen_clip, restore_froz
 from .checkpoints import check_prompt_weights_settings, load_prompt_weights
 from .data.auxiliary import AuxiliaryTrain, category_from_path
 from .export import ONNX_OPSET, ExportablePreProcessor
+from .few_shot import check_few_shot_arguments, read_references, reference_paths, train_reference_paths
 from .loss import BayesPFLLoss
 from .meta_guidance import MetaGuidance
 from .reporting import CategoryImageVisualizer, CategoryMetrics, PredictionTable
@@ -55,6 +56,7 @@ from .safe_loading import check_checkpoint_file, guard_checkpoint_loading, valid
 from .synthesis import ObjectAttentionAnomalyGenerator, attention_block
 from .thresholds import BayesPFLPostProcessor, SkipValidationWithoutData
 from .torch_model import BayesPFLModel
+from .uncertainty import UncertainInferenceBatch, forward_with_uncertainty
 from .validation import (
     ValidationSplitCheck,
     holds_normal_images_only,
@@ -121,8 +123,10 @@ class BayesPFL(AnomalibModule):
         seed (int | None): Seed of the head's initialisation, the training draws and the data order; ``None``: the
             seed of ``lightning.seed_everything`` if it ran, else 0 (anomalib's CLI ignores ``--seed_everything``,
             so ``--model.seed`` is how a CLI run is seeded). Defaults to ``None``.
-        synthetic_anomalies (bool): Object-attention anomaly generation on normal training images (needed for
-            normal-only data such as MVTecAD's train split; see ``synthesis.py``). Defaults to ``False``.
+        synthetic_anomalies (bool | None): Object-attention anomaly generation on normal training images (see
+            ``synthesis.py``). ``None``: decided at the start of each fit, on exactly when the training split holds
+            no anomalous image (e.g. MVTecAD's train split); ``True``: always; ``False``: never (a normal-only split
+            is then refused). The checkpoint's hyper-parameters record the decision. Defaults to ``None``.
         synthesis_probability (float): Share of normal training images that get an anomaly. Defaults to ``0.5``.
         anomaly_source_path (str | None): Folder of texture images besides Perlin noise and the image itself.
             Defaults to ``None``.
@@ -134,6 +138,17 @@ class BayesPFL(AnomalibModule):
         locality_window (int | None): Locality-aware attention: odd window side in patches (see ``locality.py``);
             ``None`` disables it. Defaults to ``None``.
         locality_layers (Sequence[int] | None): Blocks with that window; ``None``: the last. Defaults to ``None``.
+        k_shot (int): Few-shot mode (FEW_SHOT learning type; needs ``prompt_weights``): the patch tokens of this many
+            normal reference images form a memory fused with the zero-shot map (see ``few_shot.py``); ``0``:
+            zero-shot. Defaults to ``0``.
+        few_shot_source (str | Sequence[str] | None): A folder (its first ``k_shot`` images in sorted order) or a
+            list of image files; ``None``: the first ``k_shot`` normal images of the datamodule's train split, in
+            dataset order. Defaults to ``None``.
+        few_shot_weight (float): Weight of the memory in the map and score: ``0`` zero-shot only, ``1`` the memory
+            only. Defaults to ``0.5``.
+        false_alarm_rate (float | None): Thresholds from normal images only: the image (and pixel) threshold flags
+            at most this share of normal images (pixels) that are like the validation split's normal images (split
+            conformal, see ``calibration.py``); ``None``: anomalib's F1-adaptive thresholds. Defaults to ``None``.
         pre_processor, post_processor, evaluator, visualizer: As in :class:`AnomalibModule`.
     """
 
@@ -167,7 +182,7 @@ class BayesPFL(AnomalibModule):
         stage_patience: int = defaults.STAGE_PATIENCE,
         stage1_max_epochs: int | None = None,
         seed: int | None = None,
-        synthetic_anomalies: bool = False,
+        synthetic_anomalies: bool | None = None,
         synthesis_probability: float = 0.5,
         anomaly_source_path: str | None = None,
         attention_layer: int | None = None,
@@ -175,6 +190,10 @@ class BayesPFL(AnomalibModule):
         meta_strength: float = 1.0,
         locality_window: int | None = None,
         locality_layers: Sequence[int] | None = None,
+        k_shot: int = 0,
+        few_shot_source: str | Sequence[str] | None = None,
+        few_shot_weight: float = 0.5,
+        false_alarm_rate: float | None = None,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -187,13 +206,19 @@ class BayesPFL(AnomalibModule):
                 raise ValueError(msg)
             pre_processor = self.configure_pre_processor((image_size, image_size))
         super().__init__(pre_processor, post_processor, evaluator, visualizer)
+        if false_alarm_rate is not None and getattr(self.post_processor, "false_alarm_rate", None) != false_alarm_rate:
+            msg = (
+                f"false_alarm_rate={false_alarm_rate} sets the thresholds of BayesPFL's own post-processor, and a "
+                "post_processor was given: pass BayesPFLPostProcessor(false_alarm_rate=...) as post_processor, or "
+                "drop one of the two."
+            )
+            raise ValueError(msg)
         training.check_schedule(warmup_ratio, stage_patience, stage1_max_epochs)
         self.attention_layer = attention_block(attention_layer, backbone)
-        self.synthesis = None
-        if synthetic_anomalies:
-            self.synthesis = ObjectAttentionAnomalyGenerator(
-                synthesis_probability, anomaly_source_path=anomaly_source_path
-            )
+        self.synthetic_anomalies = synthetic_anomalies  # the user's setting; on_fit_start decides for ``None``
+        # ``None`` builds no generator before a fit decides: a validate or predict run of a fresh model scores its
+        # images as they are (label-free validation would add anomalies to normal images that calibrate thresholds)
+        self.synthesis = self._anomaly_generator() if synthetic_anomalies else None
         self.meta_guidance = MetaGuidance(meta_strength) if meta_guidance else None
         if prompt_weights is not None:  # name every setting the head needs before CLIP refuses one of them
             check_prompt_weights_settings(prompt_weights, self.hparams)
@@ -201,6 +226,8 @@ class BayesPFL(AnomalibModule):
             self.model = BayesPFLModel(**{name: self.hparams[name] for name in MODEL_ARGUMENTS})
         if prompt_weights is not None:
             load_prompt_weights(self.model, prompt_weights)
+        if check_few_shot_arguments(k_shot, few_shot_source, few_shot_weight, prompt_weights):
+            self.model.add_few_shot_memory(k_shot, few_shot_weight)
         self.per_image_class_names = False  # chosen by setup from the datamodule
         self.loss = BayesPFLLoss(focal_gamma, kl_weight, orthogonal_weight)
         self.automatic_optimization = False  # two stages, two optimisers
@@ -208,7 +235,9 @@ class BayesPFL(AnomalibModule):
 
     @property
     def learning_type(self) -> LearningType:
-        """ZERO_SHOT with trained prompt weights (Engine.fit only validates), else ONE_CLASS (Engine.fit trains)."""
+        """FEW_SHOT with ``k_shot``, ZERO_SHOT with prompt weights (Engine.fit validates), else ONE_CLASS (trains)."""
+        if self.model.few_shot is not None:
+            return LearningType.FEW_SHOT
         return LearningType.ZERO_SHOT if self.zero_shot else LearningType.ONE_CLASS
 
     @property
@@ -250,9 +279,10 @@ class BayesPFL(AnomalibModule):
         """The anomalib post-processor in both modes (the base class refuses one for zero-shot models).
 
         Ours says where its thresholds come from: no labels when none was learnt, a warning when it was learnt on
-        other categories (see :mod:`anomalib_bayes_pfl.thresholds`).
+        other categories (see :mod:`anomalib_bayes_pfl.thresholds`); with ``false_alarm_rate`` they are calibrated on
+        the normal validation images.
         """
-        return BayesPFLPostProcessor()
+        return BayesPFLPostProcessor(false_alarm_rate=self.hparams.get("false_alarm_rate"))
 
     def configure_evaluator(self) -> Evaluator:
         """Image AUROC/F1-max and pixel AUROC/F1-max/AUPRO; in training, source-validation APs for selection."""
@@ -341,6 +371,7 @@ class BayesPFL(AnomalibModule):
         """
         del stage
         guard_checkpoint_loading(self)
+        self._collect_few_shot_references()
         self.per_image_class_names = False
         if self.hparams.class_name is not None or self._trainer is None:
             return
@@ -352,18 +383,62 @@ class BayesPFL(AnomalibModule):
         if isinstance(category, str) and category.strip():
             self.model.set_class_name(category)
 
-    def on_train_start(self) -> None:
-        """Refuse normal-only training data unless anomalies are synthesised, and a missing texture folder.
+    def _collect_few_shot_references(self) -> None:
+        """Fill the few-shot memory once: from ``few_shot_source``, else the datamodule's train split (see ``k_shot``).
 
-        Also notes the checkpoint this fit resumes from: ``Engine.train`` tests with it again (see
-        :meth:`on_load_checkpoint`), and seeds torch's global generator (data order) from ``seed``.
+        Without either the memory stays as it is: a checkpoint restored after ``setup`` may hold one; scoring with an
+        empty memory is an error naming the fix.
+        """
+        if self.model.few_shot is None or getattr(self, "_references_collected", False):
+            return
+        source, k_shot = self.hparams.few_shot_source, self.hparams.k_shot
+        if source is not None:
+            images = read_references(reference_paths(source), k_shot, f"few_shot_source={source!r}")
+        elif self._trainer is not None and getattr(self.trainer.datamodule, "train_data", None) is not None:
+            paths = train_reference_paths(self.trainer.datamodule.train_data)
+            images = read_references(paths, k_shot, "the datamodule's train split")
+        else:
+            return
+        if self.pre_processor:
+            images = self.pre_processor.transform(images)
+        self.model.fill_few_shot_memory(images)
+        self._references_collected = True
+
+    def _anomaly_generator(self) -> ObjectAttentionAnomalyGenerator:
+        """The synthetic-anomaly generator of this model's settings."""
+        return ObjectAttentionAnomalyGenerator(
+            self.hparams.synthesis_probability, anomaly_source_path=self.hparams.anomaly_source_path
+        )
+
+    def on_fit_start(self) -> None:
+        """Decide whether this fit synthesises anomalies, before the sanity check validates with them.
+
+        ``synthetic_anomalies=None`` synthesises exactly when some rank's training split holds no anomalous image,
+        so every DDP rank decides alike (:func:`~anomalib_bayes_pfl.training.synthesise_anomalies`; ``False`` on
+        such a split is refused with the fix). The decision is logged once and recorded as the hyper-parameter
+        ``synthetic_anomalies``, so the checkpoint, and a model loaded from it, say how it was trained. A missing
+        texture folder stops the fit here.
+        """
+        normal_only = training.holds_no_anomalies(self.trainer.datamodule)
+        normal_only = self.trainer.strategy.reduce_boolean_decision(normal_only, all=False)
+        synthesise = training.synthesise_anomalies(self.synthetic_anomalies, normal_only)
+        if not synthesise:
+            self.synthesis = None
+        elif self.synthesis is None:  # ``None`` builds it only now (as after an earlier fit that did without)
+            self.synthesis = self._anomaly_generator()
+        self.hparams["synthetic_anomalies"] = synthesise
+        if synthesise and self.synthetic_anomalies is None and self.trainer.is_global_zero:
+            logger.info("Bayes-PFL: the training split holds no anomalous image; synthesising anomalies to train on.")
+        if self.synthesis is not None:
+            self.synthesis.check_sources()
+
+    def on_train_start(self) -> None:
+        """Note the checkpoint this fit resumes from, and seed torch's global generator (data order) from ``seed``.
+
+        ``Engine.train`` tests with the resumed checkpoint again (see :meth:`on_load_checkpoint`).
         """
         self._resumed_from = self.trainer.ckpt_path
         seed_global_generator(self.hparams.seed)
-        if self.synthesis is not None:
-            self.synthesis.check_sources()
-        else:
-            training.check_training_data(self.trainer.datamodule)
 
     def _class_names(self, batch: Batch) -> list[str] | None:
         """Per-image class names from the category folders, where :meth:`setup` chose them; ``None``: the model's."""
@@ -425,13 +500,29 @@ class BayesPFL(AnomalibModule):
         """Score the batch with per-image class names where the data layout gives them.
 
         Validation, test and predict take this one path. The evaluator and post-processor collect what they need
-        from the returned batch. An image with NaN or Inf pixels is an error naming it (it has no score).
+        from the returned batch, which also carries ``uncertainty_map`` (:mod:`~anomalib_bayes_pfl.uncertainty`).
+        An image with NaN or Inf pixels is an error naming it (it has no score).
         """
         del args, kwargs
         finite.check_finite_images(batch.image, batch.image_path)
-        return batch.update(**self.model(batch.image, self._class_names(batch))._asdict())
+        prediction = self.model(batch.image, self._class_names(batch), uncertainty=True)._asdict()
+        batch.uncertainty_map = prediction.pop("uncertainty_map")  # not a field of anomalib's batches: an attribute
+        return batch.update(**prediction)
 
     predict_step = test_step
+
+    exports_uncertainty = False
+    """Whether :meth:`forward`, which export writes, adds ``uncertainty_map``; see :func:`uncertainty_output`."""
+
+    def forward(self, batch: torch.Tensor, *args, **kwargs) -> InferenceBatch | UncertainInferenceBatch:
+        """Run anomalib's pipeline; with ``exports_uncertainty``, add the uncertainty map as a fifth output.
+
+        Export writes what this returns; anomalib's inferencers accept four outputs, so the fifth is opt-in
+        (:func:`~anomalib_bayes_pfl.uncertainty.uncertainty_output`).
+        """
+        if not self.exports_uncertainty:
+            return super().forward(batch, *args, **kwargs)
+        return forward_with_uncertainty(self, batch)
 
     def on_validation_epoch_end(self) -> None:
         """Log the checkpoint-selection metric: the mean of the validation APs that could be computed.

@@ -9,7 +9,8 @@ datamodule's ``category``, so categories overwrite each other's pictures, and th
 only. Here:
 
 * :class:`CategoryImageVisualizer` saves each picture as ``images/<category>/<defect>/<file>`` (images outside the
-  MVTec/VisA layout keep anomalib's naming) and writes the decision under it: score and label;
+  MVTec/VisA layout keep anomalib's naming), adds the uncertainty map as a last panel when the batch has one, and
+  writes the decision under it: score and label;
 * :class:`PredictionTable` writes ``predictions.csv`` (path, category, score, label) in the run folder at the end of
   every ``predict``, atomically, whatever the datamodule;
 * :class:`CategoryMetrics` logs the test metrics of each category (``ring/image_AUROC``) beside the pooled ones when
@@ -36,19 +37,23 @@ from anomalib.data import ImageBatch, ImageItem
 from anomalib.metrics import AnomalibMetric, Evaluator
 from anomalib.utils.path import generate_output_filename
 from anomalib.visualization import ImageVisualizer
-from anomalib.visualization.image.functional import add_text_to_image
+from anomalib.visualization.image.functional import add_text_to_image, visualize_anomaly_map
 from lightning.pytorch import Callback, LightningModule, Trainer
 from PIL import Image
 
 from .atomic import atomic_write
 from .data.auxiliary import category_from_path
 from .images import display_path
+from .uncertainty import MAX_UNCERTAINTY
 
 TABLE_NAME = "predictions.csv"
 """File, in the run folder, with one row per predicted image."""
 
 CAPTION_HEIGHT = 28
 """Pixels of the strip under a picture that carries its decision."""
+
+UNCERTAINTY_TITLE = "Uncertainty (MI)"
+"""Title of the uncertainty panel (mutual information); its colours span 0 to ln 2 nats, the same for every image."""
 
 
 def decision(label: torch.Tensor | bool | None) -> str:
@@ -81,6 +86,14 @@ def add_caption(picture: Image.Image, text: str) -> Image.Image:
     canvas = Image.new("RGB", (picture.width, picture.height + CAPTION_HEIGHT), "black")
     canvas.paste(picture.convert("RGB"), (0, 0))
     return add_text_to_image(canvas, text, size=CAPTION_HEIGHT // 2, background=None, position=(6, picture.height + 6))
+
+
+def beside(picture: Image.Image, panel: Image.Image) -> Image.Image:
+    """``panel`` pasted to the right of ``picture``, top-aligned, on black."""
+    canvas = Image.new("RGB", (picture.width + panel.width, max(picture.height, panel.height)), "black")
+    canvas.paste(picture.convert("RGB"), (0, 0))
+    canvas.paste(panel.convert("RGB"), (picture.width, 0))
+    return canvas
 
 
 def picture_path(image_path: str, output_dir: Path, dataset_name: str | None, category: str | None) -> Path:
@@ -128,13 +141,29 @@ class CategoryImageVisualizer(ImageVisualizer):
         output_dir = Path(self.output_dir or Path(trainer.default_root_dir) / "images")
         dataset_name = getattr(getattr(trainer, "datamodule", None), "name", None)
         run_category = _run_category(trainer)
-        for item in batch:
+        uncertainty = getattr(batch, "uncertainty_map", None)
+        for index, item in enumerate(batch):
             picture = self.visualize(item)
             if picture is None:
                 continue
+            if uncertainty is not None:
+                picture = beside(picture, self.uncertainty_panel(uncertainty[index]))
             path = str(item.image_path or "")
             text = caption(item, category_from_path(path) or run_category)
             add_caption(picture, text).save(picture_path(path, output_dir, dataset_name, run_category))
+
+    def uncertainty_panel(self, uncertainty_map: torch.Tensor) -> Image.Image:
+        """The uncertainty map ``(H, W)`` in the anomaly map's colours, scaled from 0 to ``ln 2``, titled.
+
+        A fixed scale, not min-max per image: a picture whose samples all agree stays dark instead of showing its
+        rounding noise at full contrast.
+        """
+        scaled = (uncertainty_map.detach().float().cpu() / MAX_UNCERTAINTY).clamp(0, 1)
+        panel = visualize_anomaly_map(scaled, colormap=True, normalize=False).resize(self.field_size)
+        text_config = dict(self.text_config)
+        if not text_config.pop("enable", True):
+            return panel
+        return add_text_to_image(panel, UNCERTAINTY_TITLE, **text_config)
 
 
 def _write_table(rows: list[tuple[str, str, str, str]], file: BinaryIO) -> None:

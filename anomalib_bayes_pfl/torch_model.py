@@ -28,6 +28,7 @@ from torch import nn
 from . import defaults
 from .anomaly_map import AnomalyMapGenerator
 from .backbone import ClipBackbone
+from .few_shot import PatchMemory
 from .finite import flag_non_finite_images
 from .head_settings import check_settings, requested_settings
 from .image_branch import ImageBranch
@@ -35,6 +36,7 @@ from .prompt_flow import PromptFlow
 from .prompting import PromptBank, check_class_names, inject_prompts, tokenize_class_names
 from .rca import ResidualCrossModalAttention
 from .safe_loading import validate_extra_state
+from .uncertainty import UncertainInferenceBatch, with_uncertainty
 
 INITIAL_TEMPERATURE = math.log(1 / 0.07)
 """Initial log logit scale of the image and pixel branches (CLIP's 1/0.07)."""
@@ -149,6 +151,24 @@ class BayesPFLModel(nn.Module):
             "locality_layers": list(self.backbone.locality_layers),
         }
         self.register_load_state_dict_pre_hook(_keep_own_smoothing_kernel)
+        self.few_shot: PatchMemory | None = None  # added by add_few_shot_memory, after a head is loaded
+
+    def add_few_shot_memory(self, k_shot: int, weight: float) -> None:
+        """Add an empty memory of ``k_shot`` reference images fused with ``weight`` (see :mod:`.few_shot`).
+
+        Added after the head is loaded: the memory belongs to one category's references, not to a head.
+        """
+        layers, grid = len(self.backbone.feature_layers), self.backbone.grid_size
+        memory = PatchMemory(k_shot, layers, grid, self.backbone.vision_width, weight)
+        self.few_shot = memory.to(self.temperature_image.device)
+
+    @torch.no_grad()
+    def fill_few_shot_memory(self, images: torch.Tensor) -> None:
+        """Store the patch tokens of normalised reference images ``(k_shot, 3, S, S)`` in the memory."""
+        if self.few_shot is None:
+            msg = "This model has no few-shot memory; build it with k_shot > 0."
+            raise ValueError(msg)
+        self.few_shot.fill(self.backbone(images.to(self.temperature_image.device))[1])
 
     def _init_head(self) -> None:
         """Re-initialise every linear layer of the trainable head as the reference does."""
@@ -281,7 +301,8 @@ class BayesPFLModel(nn.Module):
         images: torch.Tensor,
         class_names: Sequence[str] | None = None,
         generator: torch.Generator | None = None,
-    ) -> InferenceBatch | dict[str, torch.Tensor | list[torch.Tensor]]:
+        uncertainty: bool = False,
+    ) -> InferenceBatch | UncertainInferenceBatch | dict[str, torch.Tensor | list[torch.Tensor]]:
         """Score images.
 
         Args:
@@ -290,9 +311,12 @@ class BayesPFLModel(nn.Module):
                 validation); ``None`` uses :attr:`class_name`.
             generator (torch.Generator | None): Source of the training noise of the prompt distributions (the
                 global generator when ``None``); unused in eval mode, which samples fixed noise.
+            uncertainty (bool): In eval mode, also return the per-pixel uncertainty of the prompt samples (see
+                :mod:`~anomalib_bayes_pfl.uncertainty`). Defaults to ``False``.
 
         Returns:
-            InferenceBatch | dict: In eval mode, ``InferenceBatch(pred_score (N,), anomaly_map (N, S, S))``; an
+            InferenceBatch | UncertainInferenceBatch | dict: In eval mode, ``InferenceBatch(pred_score (N,),
+            anomaly_map (N, S, S))``, with ``uncertainty_map (N, S, S)`` if asked; an
             image with a NaN or Inf pixel scores ``+inf`` everywhere (anomalous: a graph cannot raise, and NaN would
             be labelled normal).
             In training mode, the loss inputs: ``image_logits (N, 2B)``, ``pixel_logits`` (per layer
@@ -320,6 +344,12 @@ class BayesPFLModel(nn.Module):
                 "kl": kl,
                 "global_feature": global_feature,
             }
-        score, anomaly_map = self.anomaly_map(image_logits, pixel_logits, self.backbone.grid_size, (size, size))
+        score, anomaly_map, *spread = self.anomaly_map(  # spread: [the uncertainty map] if asked, else []
+            image_logits, pixel_logits, self.backbone.grid_size, (size, size), uncertainty
+        )
+        if self.few_shot is not None:
+            scoring = self.anomaly_map
+            score, anomaly_map = self.few_shot.fuse(score, anomaly_map, patches, scoring.blur, scoring.top_k)
         score, anomaly_map = flag_non_finite_images(images, score, anomaly_map)
-        return InferenceBatch(pred_score=score, anomaly_map=anomaly_map)
+        prediction = InferenceBatch(pred_score=score, anomaly_map=anomaly_map)
+        return with_uncertainty(prediction, images, *spread) if uncertainty else prediction

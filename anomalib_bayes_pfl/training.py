@@ -116,20 +116,41 @@ def check_schedule(warmup_ratio: float, stage_patience: int, stage1_max_epochs: 
         raise ValueError(msg)
 
 
-def check_training_data(datamodule: object) -> None:
-    """Refuse a training split without anomalies (Bayes-PFL learns from anomalies and their masks).
+def holds_no_anomalies(datamodule: object) -> bool:
+    """Whether the datamodule's training split is known to hold normal images only (anomalib datasets list labels).
 
-    Raises:
-        ValueError: If the datamodule's training samples are all normal, naming the two ways out.
+    Example:
+        >>> from types import SimpleNamespace
+        >>> import pandas as pd
+        >>> holds_no_anomalies(SimpleNamespace(train_data=SimpleNamespace(samples=pd.DataFrame({"label_index": [0]}))))
+        True
     """
     samples = getattr(getattr(datamodule, "train_data", None), "samples", None)
-    if samples is not None and "label_index" in samples and not samples.label_index.any():
+    return samples is not None and "label_index" in samples and not samples.label_index.any()
+
+
+def synthesise_anomalies(setting: bool | None, normal_only: bool) -> bool:
+    """Whether a fit synthesises anomalies: as set, or (``None``) exactly when the training split holds none.
+
+    Bayes-PFL learns from anomalies and their masks; a normal-only split (e.g. MVTecAD's train split, which is what
+    ``anomalib train --model BayesPFL --data MVTecAD`` gives) has none unless they are synthesised.
+
+    Example:
+        >>> synthesise_anomalies(None, normal_only=True), synthesise_anomalies(None, normal_only=False)
+        (True, False)
+
+    Raises:
+        ValueError: If synthesis is switched off (``False``) on a normal-only split, naming the ways out.
+    """
+    if setting is False and normal_only:
         msg = (
-            "The training split holds no anomalous images (e.g. MVTecAD's train split), so Bayes-PFL has "
-            "nothing to learn from. Enable synthetic anomalies (BayesPFL(synthetic_anomalies=True), "
-            "--model.synthetic_anomalies true) or train on labelled auxiliary data with AuxiliaryTrain."
+            "The training split holds no anomalous images (e.g. MVTecAD's train split) and synthetic_anomalies=False, "
+            "so Bayes-PFL has nothing to learn from. Let it synthesise anomalies (synthetic_anomalies=None, the "
+            "default, or True; --model.synthetic_anomalies null) or train on labelled auxiliary data with "
+            "AuxiliaryTrain."
         )
         raise ValueError(msg)
+    return normal_only if setting is None else setting
 
 
 class StageSwitch:

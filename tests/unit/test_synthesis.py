@@ -194,7 +194,7 @@ def test_training_inputs_stay_aligned_through_augmentation(synthetic_root: Path,
 @pytest.mark.parametrize(
     ("options", "error", "match"),
     [
-        ({}, ValueError, "synthetic_anomalies=True"),
+        ({"synthetic_anomalies": False}, ValueError, "synthetic_anomalies=None"),
         ({"synthetic_anomalies": True, "anomaly_source_path": "no/such/textures"}, FileNotFoundError, "not a folder"),
     ],
 )

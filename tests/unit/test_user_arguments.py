@@ -7,6 +7,7 @@ model -> anomaly map / loss / optimisers) is a silent wrong answer; these tests 
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from scipy.ndimage import gaussian_filter
 from anomalib_bayes_pfl import BayesPFL
 from anomalib_bayes_pfl.anomaly_map import AnomalyMapGenerator
 from anomalib_bayes_pfl.backbone import ClipBackbone
-from anomalib_bayes_pfl.checkpoints import head_state_dict
+from anomalib_bayes_pfl.checkpoints import head_state_dict, save_prompt_weights
 from anomalib_bayes_pfl.loss import BayesPFLLoss, balanced_focal_loss
 from anomalib_bayes_pfl.prompt_flow import PromptFlow
 from anomalib_bayes_pfl.prompting import PromptBank
@@ -43,7 +44,7 @@ PAPER_DEFAULTS = {
     "warmup_ratio": 0.1,
     "stage_patience": 4,
     "prompt_weights": None,
-    "synthetic_anomalies": False,
+    "synthetic_anomalies": None,
     "meta_guidance": False,
     "locality_window": None,
 }
@@ -137,6 +138,10 @@ SETTINGS = {  # argument: (value, what the built model must show)
     "anomaly_source_path": ("textures", lambda m: str(m.synthesis.anomaly_source_path) == "textures"),
     "meta_guidance": (True, lambda m: m.meta_guidance is not None and m.meta_guidance.strength == 1.0),
     "seed": (3, lambda m: m.hparams.seed == 3 and _same_head(m, 3)),
+    "false_alarm_rate": (0.05, lambda m: m.post_processor.false_alarm_rate == 0.05),
+    "k_shot": (2, lambda m: m.model.few_shot.k_shot == 2 and m.learning_type.value == "few_shot"),
+    "few_shot_weight": (0.25, lambda m: m.model.few_shot.weight == 0.25),
+    "few_shot_source": ("references", lambda m: m.hparams.few_shot_source == "references"),
 }
 NEEDS = {  # settings that only exist with their option switched on
     "attention_layer": {"synthetic_anomalies": True},
@@ -144,7 +149,11 @@ NEEDS = {  # settings that only exist with their option switched on
     "anomaly_source_path": {"synthetic_anomalies": True},
     "meta_strength": {"meta_guidance": True},
     "locality_layers": {"locality_window": 3},
+    "k_shot": {"prompt_weights": "HEAD"},
+    "few_shot_weight": {"k_shot": 1, "prompt_weights": "HEAD"},
+    "few_shot_source": {"k_shot": 1, "prompt_weights": "HEAD"},
 }
+"""``"HEAD"`` stands for a head file of the tiny model (few-shot mode scores with trained prompt weights)."""
 
 
 def _seeded(seed: int) -> torch.Generator:
@@ -162,9 +171,12 @@ def _same_head(model: BayesPFL, seed: int) -> bool:
 
 
 @pytest.mark.parametrize("argument", sorted(SETTINGS))
-def test_a_setting_reaches_its_consumer(argument: str, tiny_kwargs: dict) -> None:
+def test_a_setting_reaches_its_consumer(argument: str, tiny_kwargs: dict, tmp_path: Path) -> None:
     value, arrived = SETTINGS[argument]
-    model = BayesPFL(**(tiny_kwargs | NEEDS.get(argument, {}) | {argument: value}))
+    needs = NEEDS.get(argument, {})
+    if needs.get("prompt_weights") == "HEAD":
+        needs = needs | {"prompt_weights": str(save_prompt_weights(BayesPFLModel(**tiny_kwargs), tmp_path / "h.pt"))}
+    model = BayesPFL(**(tiny_kwargs | needs | {argument: value}))
     assert arrived(model)
 
 
