@@ -7,14 +7,13 @@ import os
 import shlex
 import subprocess
 import sys
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from anomalib.data import Folder
-from anomalib.engine import Engine
+from engines import cpu_engine
 
 from anomalib_bayes_pfl import BayesPFL, SafePredictFolder, save_prompt_weights
 from anomalib_bayes_pfl.demo import SOURCE_CATEGORIES, TARGET_CATEGORIES, demo_datamodule
@@ -37,11 +36,6 @@ def prompt_names(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     return names
 
 
-def _engine(root: Path) -> Engine:
-    warnings.filterwarnings("ignore")
-    return Engine(default_root_dir=root, accelerator="cpu", devices=1, enable_progress_bar=False, logger=False)
-
-
 @pytest.fixture(scope="module")
 def head(tmp_path_factory: pytest.TempPathFactory, tiny_kwargs: dict) -> Path:
     """Prompt weights of the tiny model, stored with the class name ``cable``."""
@@ -62,7 +56,7 @@ def test_stock_folder_root_is_not_a_category(
         name="line3_2024", root=root, normal_dir="test/good", abnormal_dir=["test/spot", "test/cut"], num_workers=0
     )
     model = BayesPFL(**tiny_kwargs, prompt_weights=str(head))
-    engine = _engine(tmp_path)
+    engine = cpu_engine(tmp_path)
     engine.validate(model, datamodule=datamodule)
     engine.test(model, datamodule=datamodule)
     assert prompt_names
@@ -74,7 +68,7 @@ def test_auxiliary_train_names_each_image(
 ) -> None:
     """AuxiliaryTrain's layout names categories: each image (source validation, target test) gets its own."""
     model = BayesPFL(**tiny_kwargs, prompt_weights=str(head))
-    _engine(tmp_path).test(model, datamodule=demo_datamodule(synthetic_root))
+    cpu_engine(tmp_path).test(model, datamodule=demo_datamodule(synthetic_root))
     assert set(TARGET_CATEGORIES) <= set(prompt_names) <= {*SOURCE_CATEGORIES, *TARGET_CATEGORIES}
 
 
@@ -85,22 +79,22 @@ def test_predict_category_wins_over_checkpoint(
     images = synthetic_root / "ring" / "test" / "good"
     trained = BayesPFL(**tiny_kwargs)
     trained.model.set_class_name("cable")
-    engine = _engine(tmp_path / "save")
+    engine = cpu_engine(tmp_path / "save")
     engine.predict(trained, datamodule=SafePredictFolder(images))
     checkpoint = tmp_path / "model.ckpt"
     engine.trainer.save_checkpoint(checkpoint)
     prompt_names.clear()
     model = BayesPFL(**tiny_kwargs)
     bottles = SafePredictFolder(images, category="bottle")
-    _engine(tmp_path / "category").predict(model, datamodule=bottles, ckpt_path=checkpoint)
+    cpu_engine(tmp_path / "category").predict(model, datamodule=bottles, ckpt_path=checkpoint)
     assert set(prompt_names) == {"bottle"} == {model.model.class_name}
     prompt_names.clear()
     model = BayesPFL(**tiny_kwargs, class_name="screw")
-    _engine(tmp_path / "explicit").predict(model, datamodule=bottles, ckpt_path=checkpoint)
+    cpu_engine(tmp_path / "explicit").predict(model, datamodule=bottles, ckpt_path=checkpoint)
     assert set(prompt_names) == {"screw"} == {model.model.class_name}
     prompt_names.clear()
     model = BayesPFL(**tiny_kwargs)
-    _engine(tmp_path / "stored").predict(model, datamodule=SafePredictFolder(images), ckpt_path=checkpoint)
+    cpu_engine(tmp_path / "stored").predict(model, datamodule=SafePredictFolder(images), ckpt_path=checkpoint)
     assert set(prompt_names) == {"cable"}
 
 

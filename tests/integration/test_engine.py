@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
+from engines import cpu_engine
 from lightning.pytorch import Callback, Trainer, seed_everything
 from torchmetrics.classification import BinaryAUROC
 
@@ -18,18 +18,6 @@ from anomalib_bayes_pfl.demo import demo_datamodule
 from anomalib_bayes_pfl.training import choose_pair
 
 pytestmark = pytest.mark.integration
-
-
-def _engine(root_dir: Path, epochs: int = 3) -> Engine:
-    warnings.filterwarnings("ignore")
-    return Engine(
-        max_epochs=epochs,
-        default_root_dir=root_dir,
-        accelerator="cpu",
-        devices=1,
-        enable_progress_bar=False,
-        logger=False,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +32,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path, shar
     seed_everything(0)
     root_dir = tmp_path_factory.mktemp("engine")
     model = BayesPFL(**shared_kwargs, stage1_max_epochs=2)
-    engine = _engine(root_dir)
+    engine = cpu_engine(root_dir, max_epochs=3)
     engine.fit(model, datamodule=demo_datamodule(synthetic_root))
     best = Path(engine.trainer.checkpoint_callback.best_model_path)
     results = engine.test(model, datamodule=demo_datamodule(synthetic_root))
@@ -86,7 +74,7 @@ def test_zero_shot_mode_from_saved_weights(
     model.model.set_class_name(trained["model"].model.class_name)
     assert torch.equal(_scores(model, images), _scores(trained["model"], images))
     datamodule = MVTecAD(root=synthetic_root, category="ring", eval_batch_size=16, num_workers=0)
-    results = _engine(tmp_path).test(model, datamodule=datamodule)[0]
+    results = cpu_engine(tmp_path, max_epochs=3).test(model, datamodule=datamodule)[0]
     assert model.model.class_name == "ring"
     scores, labels = [], []
     for batch in datamodule.test_dataloader():  # the same images, scored by the model directly
@@ -110,7 +98,7 @@ def test_same_seed_same_scores(synthetic_root: Path, shared_kwargs: dict, tmp_pa
     for run in range(2):
         seed_everything(7)
         model = BayesPFL(**shared_kwargs, stage1_max_epochs=1)
-        _engine(tmp_path / str(run), epochs=1).fit(model, datamodule=demo_datamodule(synthetic_root))
+        cpu_engine(tmp_path / str(run), max_epochs=1).fit(model, datamodule=demo_datamodule(synthetic_root))
         scores.append(_scores(model, images))
     assert torch.equal(scores[0], scores[1])
 

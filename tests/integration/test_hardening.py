@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import csv
 import pickle
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from anomalib.engine import Engine
+from engines import cpu_engine
 from lightning.pytorch import seed_everything
 from PIL import Image
 
@@ -21,12 +20,6 @@ from anomalib_bayes_pfl.data.predict import REPORT_NAME
 from anomalib_bayes_pfl.demo import demo_datamodule
 
 pytestmark = pytest.mark.integration
-
-
-def _engine(root_dir: Path, **overrides: object) -> Engine:
-    warnings.filterwarnings("ignore")
-    arguments = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False}
-    return Engine(default_root_dir=root_dir, **(arguments | overrides))
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +32,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path, m
     """A real Lightning checkpoint of one short epoch (optimiser, scheduler, stage tracker and all)."""
     seed_everything(0)
     root = tmp_path_factory.mktemp("hardening")
-    engine = _engine(root, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    engine = cpu_engine(root, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     engine.fit(BayesPFL(**model_kwargs), datamodule=demo_datamodule(synthetic_root))
     return next(root.rglob("last.ckpt"))
 
@@ -105,7 +98,7 @@ class TestCheckpointSafety:
         """The trainer's ckpt_path restore (anomalib test/predict/train --ckpt_path) refuses it too."""
         folder = synthetic_root / "ring" / "test" / "good"
         with pytest.raises(pickle.UnpicklingError, match="refused without running it"):
-            _engine(crafted["ckpt"].parent).predict(
+            cpu_engine(crafted["ckpt"].parent).predict(
                 BayesPFL(**model_kwargs), datamodule=SafePredictFolder(folder), ckpt_path=crafted["ckpt"]
             )
         assert not crafted["marker"].exists()
@@ -132,7 +125,7 @@ def production_folder(tmp_path_factory: pytest.TempPathFactory, synthetic_root: 
 
 def _predict(model: BayesPFL, folder: Path, root: Path, batch_size: int, ckpt: Path) -> dict[str, torch.Tensor]:
     datamodule = SafePredictFolder(folder, eval_batch_size=batch_size)
-    predictions = _engine(root).predict(model, datamodule=datamodule, ckpt_path=ckpt)
+    predictions = cpu_engine(root).predict(model, datamodule=datamodule, ckpt_path=ckpt)
     return {
         Path(path).name: torch.cat([score.flatten(), anomaly_map.flatten()])
         for batch in predictions

@@ -12,13 +12,12 @@ import math
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from anomalib.data import Folder, ImageBatch
-from anomalib.engine import Engine
+from engines import cpu_engine
 
 from anomalib_bayes_pfl import BayesPFL
 from anomalib_bayes_pfl.lightning_model import SELECTION_METRIC, STAGE_METRIC
@@ -42,22 +41,10 @@ def _normal_only(root: Path, **overrides: object) -> Folder:
     return Folder(**(arguments | overrides))
 
 
-def _engine(root_dir: Path, epochs: int) -> Engine:
-    warnings.filterwarnings("ignore")
-    return Engine(
-        max_epochs=epochs,
-        default_root_dir=root_dir,
-        accelerator="cpu",
-        devices=1,
-        enable_progress_bar=False,
-        logger=False,
-    )
-
-
 def test_normal_only_folder_trains_end_to_end(synthetic_root: Path, tiny_kwargs: dict, tmp_path: Path) -> None:
     """Validation has anomalies (pixel AP): selection, stage switch, best checkpoint and thresholds all work."""
     model = BayesPFL(**tiny_kwargs, synthetic_anomalies=True, stage1_max_epochs=1)
-    engine = _engine(tmp_path, epochs=2)
+    engine = cpu_engine(tmp_path, max_epochs=2)
     engine.fit(model, datamodule=_normal_only(synthetic_root))
     metrics = engine.trainer.callback_metrics
     assert math.isfinite(float(metrics[SELECTION_METRIC]))
@@ -91,7 +78,7 @@ def test_no_validation_split_is_refused_with_the_fix(synthetic_root: Path, tiny_
     """``val_split_mode='none'`` stops before training with a message naming the way out (not an AttributeError)."""
     model = BayesPFL(**tiny_kwargs, synthetic_anomalies=True)
     with pytest.raises(ValueError, match="val_split_mode"):
-        _engine(tmp_path, epochs=1).fit(model, datamodule=_normal_only(synthetic_root, val_split_mode="none"))
+        cpu_engine(tmp_path, max_epochs=1).fit(model, datamodule=_normal_only(synthetic_root, val_split_mode="none"))
 
 
 def test_anomalib_cli_trains_on_a_normal_only_folder(synthetic_root: Path, tmp_path: Path) -> None:

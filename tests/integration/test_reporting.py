@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 from anomalib.data import MVTecAD
-from anomalib.engine import Engine
 from anomalib.post_processing import PostProcessor
+from engines import cpu_engine
 from PIL import Image
 from torchmetrics.classification import BinaryAUROC
 
@@ -39,10 +39,6 @@ def zero_shot_kwargs(tiny_kwargs: dict, tiny_clip_weights: str, tmp_path_factory
     return kwargs | {"prompt_weights": str(head)}
 
 
-def _engine(root_dir: Path) -> Engine:
-    return Engine(default_root_dir=root_dir, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
-
-
 def _table(root: Path) -> list[dict[str, str]]:
     (table,) = root.rglob(TABLE_NAME)
     with table.open(encoding="utf-8", newline="") as file:
@@ -64,7 +60,7 @@ def test_metrics_are_computed_before_post_processing(
     model = BayesPFL(**zero_shot_kwargs, post_processor=ScoresToZero())
     datamodule = MVTecAD(root=synthetic_root, category="ring", eval_batch_size=32, num_workers=0)
     warnings.filterwarnings("ignore")
-    reported = _engine(tmp_path).test(model, datamodule=datamodule)[0]["image_AUROC"]
+    reported = cpu_engine(tmp_path).test(model, datamodule=datamodule)[0]["image_AUROC"]
     datamodule.setup()
     batch = next(iter(datamodule.test_dataloader()))
     model.eval()
@@ -81,7 +77,7 @@ def test_zero_shot_predict_on_a_folder_path_gives_scores_without_labels(
     """`anomalib predict --data <folder>` of a zero-shot model runs; no threshold: no labels, and a warning."""
     folder = synthetic_root / "ring" / "test" / "cut"
     with pytest.warns(ThresholdWarning, match="No anomaly threshold"):
-        predictions = _engine(tmp_path).predict(BayesPFL(**zero_shot_kwargs), data_path=folder)
+        predictions = cpu_engine(tmp_path).predict(BayesPFL(**zero_shot_kwargs), data_path=folder)
     assert all(batch.pred_label is None for batch in predictions)
     rows = _table(tmp_path)
     assert len(rows) == len(list(folder.iterdir()))
@@ -94,7 +90,7 @@ def test_safe_predict_folder_never_labels_from_a_nan_threshold(
 ) -> None:
     """SafePredictFolder has no validation: scores only, with a warning (anomalib labelled every image from NaN)."""
     with pytest.warns(ThresholdWarning, match="No anomaly threshold"):
-        predictions = _engine(tmp_path).predict(
+        predictions = cpu_engine(tmp_path).predict(
             BayesPFL(**zero_shot_kwargs), datamodule=SafePredictFolder(synthetic_root / "ring" / "test")
         )
     assert all(batch.pred_label is None and batch.pred_score is not None for batch in predictions)
@@ -105,7 +101,7 @@ def test_labels_from_other_categories_thresholds_are_flagged(
 ) -> None:
     """Thresholds learnt on the source categories label the targets only with a warning naming both."""
     with pytest.warns(ThresholdWarning, match="use the threshold and statistics learnt on") as caught:
-        predictions = _engine(tmp_path).predict(
+        predictions = cpu_engine(tmp_path).predict(
             BayesPFL(**zero_shot_kwargs), datamodule=demo_datamodule(synthetic_root)
         )
     named = {category for category in TARGETS for warning in caught if f"of '{category}' use" in str(warning.message)}
@@ -119,7 +115,7 @@ def test_several_categories_get_their_own_pictures_and_metrics(
 ) -> None:
     """One picture per test image under images/<category>/<defect>/, captioned; metrics per category and pooled."""
     warnings.filterwarnings("ignore")
-    results = _engine(tmp_path).test(BayesPFL(**zero_shot_kwargs), datamodule=demo_datamodule(synthetic_root))[0]
+    results = cpu_engine(tmp_path).test(BayesPFL(**zero_shot_kwargs), datamodule=demo_datamodule(synthetic_root))[0]
     images = [path for category in TARGETS for path in (synthetic_root / category / "test").rglob("*.png")]
     pictures = sorted(tmp_path.rglob("images/**/*.png"))
     assert len(pictures) == len(images)

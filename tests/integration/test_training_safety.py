@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from anomalib.engine import Engine
+from engines import cpu_engine
 from lightning.pytorch import Callback, Trainer, seed_everything
 from PIL import Image
 
@@ -58,17 +59,6 @@ class DecliningPixelAP(Callback):
             self.stages.append(pl_module.model.stage)
 
 
-def _engine(root: Path, max_epochs: int, *callbacks: Callback, **trainer_arguments: object) -> Engine:
-    return Engine(
-        max_epochs=max_epochs,
-        default_root_dir=root,
-        logger=False,
-        enable_progress_bar=False,
-        callbacks=list(callbacks),
-        **trainer_arguments,
-    )
-
-
 def test_epochs_without_validation_do_not_count_for_the_patience(
     tmp_path: Path, synthetic_root: Path, tiny_kwargs: dict
 ) -> None:
@@ -77,7 +67,9 @@ def test_epochs_without_validation_do_not_count_for_the_patience(
     seed_everything(0)
     model = BayesPFL(**tiny_kwargs, stage_patience=2)
     watch = DecliningPixelAP()
-    _engine(tmp_path, 7, watch, check_val_every_n_epoch=2).fit(model, datamodule=demo_datamodule(synthetic_root))
+    cpu_engine(tmp_path, watch, max_epochs=7, check_val_every_n_epoch=2).fit(
+        model, datamodule=demo_datamodule(synthetic_root)
+    )
     assert watch.validated == {1, 3, 5}
     assert watch.stages == [1, 1, 1, 1, 1, 2]  # stage at the start of epochs 1..6; before: [1, 1, 1, 1, 2, 2]
 
@@ -90,7 +82,7 @@ def test_stage_two_stops_training_after_patience_and_still_checkpoints_the_last_
     seed_everything(0)
     model = BayesPFL(**tiny_kwargs, stage1_max_epochs=1, stage_patience=1)
     watch = DecliningImageAP()
-    _engine(tmp_path, 6, watch).fit(model, datamodule=demo_datamodule(synthetic_root))
+    cpu_engine(tmp_path, watch, max_epochs=6).fit(model, datamodule=demo_datamodule(synthetic_root))
     assert watch.epochs == [0, 1, 2]  # before: [0, 1, 2, 3, 4, 5]
     last = next(tmp_path.rglob("weights/lightning/last.ckpt"))
     assert torch.load(last, weights_only=True)["epoch"] == 2
@@ -105,7 +97,7 @@ def test_a_non_finite_loss_stops_training_before_anything_is_saved(
     model = BayesPFL(**tiny_kwargs, focal_gamma=float("nan"))
     before = {name: value.clone() for name, value in model.model.state_dict().items() if torch.is_tensor(value)}
     with pytest.raises(FloatingPointError, match=r"non-finite training loss at step 0 .*seg"):
-        _engine(tmp_path, 2).fit(model, datamodule=demo_datamodule(synthetic_root))
+        cpu_engine(tmp_path, max_epochs=2).fit(model, datamodule=demo_datamodule(synthetic_root))
     assert [path for path in tmp_path.rglob("*") if path.is_file() and path.suffix in {".ckpt", ".pt"}] == []
     after = model.model.state_dict()
     assert all(torch.equal(value, after[name]) for name, value in before.items())
@@ -159,7 +151,9 @@ def _train(root: Path, data: Path, kwargs: dict, *callbacks: Callback, ckpt_path
     """``Engine.train`` over 3 epochs from seed 0; the test metrics it reports."""
     seed_everything(0)
     model = BayesPFL(**kwargs, stage1_max_epochs=1, lr=1e-3)
-    (metrics,) = _engine(root, 3, *callbacks).train(model, datamodule=demo_datamodule(data), ckpt_path=ckpt_path)
+    (metrics,) = cpu_engine(root, *callbacks, max_epochs=3).train(
+        model, datamodule=demo_datamodule(data), ckpt_path=ckpt_path
+    )
     return metrics
 
 
@@ -174,7 +168,9 @@ def test_engine_train_resumed_tests_what_an_uninterrupted_run_tests(
     # a copy: the resumed run rewrites the last.ckpt it resumed from, which hid the problem for that one file
     backup = Path(shutil.copy(next((tmp_path / "cut").rglob("weights/lightning/last.ckpt")), tmp_path / "kept.ckpt"))
     test_data = demo_datamodule(synthetic_root)
-    (old,) = _engine(tmp_path / "old", 1).test(BayesPFL(**tiny_kwargs), datamodule=test_data, ckpt_path=backup)
+    (old,) = cpu_engine(tmp_path / "old", max_epochs=1).test(
+        BayesPFL(**tiny_kwargs), datamodule=test_data, ckpt_path=backup
+    )
     resumed = _train(tmp_path / "resumed", synthetic_root, tiny_kwargs, ckpt_path=backup)
     assert whole != pytest.approx(old)
     assert resumed == pytest.approx(whole)  # before: resumed == old (the metrics of the checkpoint resumed from)
