@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from anomalib.data import MVTecAD
-from anomalib.engine import Engine
+from engines import cpu_engine
 
 from anomalib_bayes_pfl import BayesPFL, generate_synthetic_dataset, save_prompt_weights
 from anomalib_bayes_pfl.thresholds import ThresholdWarning
@@ -74,18 +74,12 @@ def _datamodule(root: Path) -> MVTecAD:
     )
 
 
-def _engine(root_dir: Path, **limits: int) -> Engine:
-    return Engine(
-        default_root_dir=root_dir, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, **limits
-    )
-
-
 @pytest.fixture(scope="module")
 def predicted(zero_shot_kwargs: dict, normal_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
     """``anomalib predict`` of the test split: validation (calibration) first, as the Engine does for zero-shot."""
     model = BayesPFL(**zero_shot_kwargs, false_alarm_rate=RATE)
     warnings.filterwarnings("ignore")
-    predictions = _engine(tmp_path_factory.mktemp("run")).predict(model, datamodule=_datamodule(normal_root))
+    predictions = cpu_engine(tmp_path_factory.mktemp("run")).predict(model, datamodule=_datamodule(normal_root))
     return model, predictions
 
 
@@ -124,7 +118,7 @@ def test_too_few_normal_images_for_the_rate_give_no_labels_and_say_why(
 ) -> None:
     """A rate that n validation images cannot guarantee: a warning with the numbers, then scores without labels."""
     model = BayesPFL(**zero_shot_kwargs, false_alarm_rate=0.01)
-    engine = _engine(tmp_path, limit_val_batches=1, limit_predict_batches=1)  # one batch each: 50 images
+    engine = cpu_engine(tmp_path, limit_val_batches=1, limit_predict_batches=1)  # one batch each: 50 images
     with pytest.warns(ThresholdWarning, match=r"at least 99 normal calibration images .* there were 50 ") as caught:
         predictions = engine.predict(model, datamodule=_datamodule(normal_root))
     assert all(batch.pred_label is None and batch.pred_score is not None for batch in predictions)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 import torch
 from anomalib.data import MVTecAD
 from anomalib.data.utils import read_image
-from anomalib.engine import Engine
+from engines import cpu_engine
 
 from anomalib_bayes_pfl import BayesPFL, save_prompt_weights
 from anomalib_bayes_pfl.images import read_rgb
@@ -29,11 +28,6 @@ def head(tmp_path_factory: pytest.TempPathFactory, tiny_kwargs: dict) -> Path:
     return save_prompt_weights(BayesPFLModel(**tiny_kwargs), tmp_path_factory.mktemp("head") / "head.pt")
 
 
-def _engine(root: Path) -> Engine:
-    warnings.filterwarnings("ignore")
-    return Engine(default_root_dir=root, accelerator="cpu", devices=1, enable_progress_bar=False, logger=False)
-
-
 def _datamodule(root: Path) -> MVTecAD:
     return MVTecAD(root=root, category="ring", eval_batch_size=32, num_workers=0)
 
@@ -50,7 +44,7 @@ def tested(synthetic_root: Path, tiny_kwargs: dict, head: Path, tmp_path_factory
     """A k = 2 model tested on the generated ``ring`` category, its metrics and its saved checkpoint."""
     model = BayesPFL(**tiny_kwargs, prompt_weights=str(head), k_shot=2, few_shot_weight=0.5)
     root = tmp_path_factory.mktemp("few_shot")
-    engine = _engine(root)
+    engine = cpu_engine(root)
     metrics = engine.test(model, datamodule=_datamodule(synthetic_root))[0]
     engine.trainer.save_checkpoint(root / "few_shot.ckpt")
     return model.eval(), metrics, root / "few_shot.ckpt"
@@ -70,7 +64,7 @@ def test_references_from_a_folder(synthetic_root: Path, tiny_kwargs: dict, head:
     """few_shot_source (a folder) wins over the train split: its first k files in sorted order."""
     folder = synthetic_root / "disc" / "train" / "good"
     model = BayesPFL(**tiny_kwargs, prompt_weights=str(head), k_shot=1, few_shot_source=str(folder))
-    _engine(tmp_path).test(model, datamodule=_datamodule(synthetic_root))
+    cpu_engine(tmp_path).test(model, datamodule=_datamodule(synthetic_root))
     with torch.no_grad():
         expected = _expected_memory(model, sorted(folder.iterdir())[:1])
     torch.testing.assert_close(model.model.few_shot.memory, expected, atol=1e-3, rtol=0)
