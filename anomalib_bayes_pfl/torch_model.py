@@ -345,7 +345,7 @@ class BayesPFLModel(nn.Module):
                 "global_feature": global_feature,
             }
         score, anomaly_map, *spread = self.anomaly_map(  # spread: [the uncertainty map] if asked, else []
-            image_logits, pixel_logits, self.backbone.grid_size, (size, size), uncertainty
+            image_logits, pixel_logits, self.backbone.grid_size, (size, size), uncertainty=uncertainty
         )
         if self.few_shot is not None:
             scoring = self.anomaly_map
