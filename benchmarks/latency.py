@@ -43,6 +43,12 @@ from reference_procedure import reference_output  # noqa: E402
 Candidate = Callable[[], object]
 
 
+def machine() -> str:
+    """The processor, torch's thread count and the device, as the reports name the machine."""
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {device}"
+
+
 def peak_memory_mb() -> float:
     """Peak resident memory of this process so far (CPU) or peak CUDA allocation since the last reset."""
     if torch.cuda.is_available():
@@ -196,8 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
         times = time_interleaved({name: value for name, value in candidates.items() if name not in skip}, args.rounds)
     medians = {name: statistics.median(values) for name, values in times.items()}
     report = {
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        + (torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"),
+        "machine": machine(),
         "config": {
             "backbone": "bayes-pfl-tiny" if args.quick else args.backbone,
             "image_size": size,

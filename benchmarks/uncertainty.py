@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import warnings
@@ -31,7 +30,7 @@ from anomalib_bayes_pfl.demo import TINY_MODEL_ARGS
 from anomalib_bayes_pfl.torch_model import BayesPFLModel
 
 sys.path.insert(0, str(Path(__file__).parent))
-from latency import even_taps, time_interleaved  # noqa: E402
+from latency import even_taps, machine, time_interleaved  # noqa: E402
 
 BUDGET = 0.05
 """The issue's bound on the overhead, as a share of the R = 10 eager time."""
@@ -94,8 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     overhead = medians["R=10+uncertainty"] / medians["R=10"] - 1
     isolated = (medians["maps+uncertainty"] - medians["maps"]) / medians["R=10"]
     report = {
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        + (torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"),
+        "machine": machine(),
         "config": {
             "backbone": "bayes-pfl-tiny" if args.quick else args.backbone,
             "image_size": size,
