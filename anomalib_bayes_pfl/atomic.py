@@ -12,9 +12,12 @@ writes left behind are removed by the next write of the same file.
 from __future__ import annotations
 
 import contextlib
+import csv
+import functools
+import io
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -67,3 +70,18 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             temporary.unlink()
     _sync_folder(path.parent)
     return path
+
+
+def _write_csv(header: Sequence[str], rows: Iterable[Sequence[str]], file: BinaryIO) -> None:
+    r"""``header`` and ``rows`` as UTF-8 CSV; undecodable bytes become ``\xNN`` rather than failing the write."""
+    text = io.TextIOWrapper(file, encoding="utf-8", errors="backslashreplace", newline="")
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
+    text.flush()
+    text.detach()  # leave the binary file open for atomic_write to sync and close
+
+
+def atomic_write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[str]]) -> Path:
+    """Write a UTF-8 CSV table with :func:`atomic_write` (reports that a reader may open at any moment)."""
+    return atomic_write(path, functools.partial(_write_csv, header, rows))

@@ -24,13 +24,10 @@ threshold, once validation has set one; raw otherwise). A label is missing, not 
 from __future__ import annotations
 
 import copy
-import csv
-import functools
-import io
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from anomalib.data import ImageBatch, ImageItem
@@ -41,13 +38,16 @@ from anomalib.visualization.image.functional import add_text_to_image, visualize
 from lightning.pytorch import Callback, LightningModule, Trainer
 from PIL import Image
 
-from .atomic import atomic_write
+from .atomic import atomic_write_csv
 from .data.auxiliary import category_from_path
 from .images import display_path
 from .uncertainty import MAX_UNCERTAINTY
 
 TABLE_NAME = "predictions.csv"
 """File, in the run folder, with one row per predicted image."""
+
+TABLE_HEADER = ("path", "category", "score", "label")
+"""Columns of the prediction table."""
 
 CAPTION_HEIGHT = 28
 """Pixels of the strip under a picture that carries its decision."""
@@ -166,16 +166,6 @@ class CategoryImageVisualizer(ImageVisualizer):
         return add_text_to_image(panel, UNCERTAINTY_TITLE, **text_config)
 
 
-def _write_table(rows: list[tuple[str, str, str, str]], file: BinaryIO) -> None:
-    """The rows as UTF-8 CSV with a header (names that are not UTF-8 were escaped by ``display_path``)."""
-    text = io.TextIOWrapper(file, encoding="utf-8", errors="backslashreplace", newline="")
-    writer = csv.writer(text)
-    writer.writerow(["path", "category", "score", "label"])
-    writer.writerows(rows)
-    text.flush()
-    text.detach()  # leave the binary file open for atomic_write to sync and close
-
-
 class PredictionTable(Callback):
     """Writes ``predictions.csv`` (path, category, score, label) in the run folder when ``predict`` ends.
 
@@ -214,7 +204,7 @@ class PredictionTable(Callback):
         """Write the table."""
         del pl_module
         name = TABLE_NAME if trainer.world_size == 1 else f"predictions-rank{trainer.global_rank}.csv"
-        atomic_write(Path(trainer.default_root_dir) / name, functools.partial(_write_table, self.rows))
+        atomic_write_csv(Path(trainer.default_root_dir) / name, TABLE_HEADER, self.rows)
 
 
 def _select(batch: ImageBatch, fields: Iterable[str], keep: torch.Tensor) -> SimpleNamespace:

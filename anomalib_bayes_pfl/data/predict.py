@@ -34,14 +34,11 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import functools
-import io
 import logging
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, NamedTuple
 
 from anomalib.data import ImageBatch, ImageItem
 from anomalib.data.datamodules.base.image import AnomalibDataModule
@@ -51,7 +48,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2 import Transform
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write_csv
 from ..images import BadImageError, MultiFrameImageWarning, display_path, read_rgb
 
 logger = logging.getLogger(__name__)
@@ -206,16 +203,6 @@ class SafePredictLoader(DataLoader):
                 yield batch.images
 
 
-def _write_csv(skipped: list[SkippedImage], file: BinaryIO) -> None:
-    """The report's rows (path, reason) as UTF-8 CSV; undecodable bytes of names were escaped by ``display_path``."""
-    text = io.TextIOWrapper(file, encoding="utf-8", errors="backslashreplace", newline="")
-    writer = csv.writer(text)
-    writer.writerow(["path", "reason"])
-    writer.writerows((display_path(item.path), item.reason) for item in skipped)
-    text.flush()
-    text.detach()  # leave the binary file open for atomic_write to sync and close
-
-
 class SafePredictFolder(AnomalibDataModule):
     """Prediction datamodule that skips and reports bad image files instead of failing the run.
 
@@ -290,7 +277,8 @@ class SafePredictFolder(AnomalibDataModule):
         if not skipped:
             report.unlink(missing_ok=True)
             return None
-        atomic_write(report, functools.partial(_write_csv, skipped))  # a reader never sees a half-written report
+        rows = ((display_path(item.path), item.reason) for item in skipped)
+        atomic_write_csv(report, ["path", "reason"], rows)  # a reader never sees a half-written report
         logger.warning("Skipped %d of %d image files; see %s", len(skipped), self._total(), display_path(report))
         return report
 
