@@ -494,19 +494,24 @@ class BayesPFL(AnomalibModule):
         del args, kwargs
         if self.synthesis is not None and not self.zero_shot and holds_normal_images_only(self.trainer):
             with_synthetic_anomalies(batch, self.synthesis, self.model.backbone, self.attention_layer)
-        return self.test_step(batch)
+        return self._score(batch, uncertainty=False)  # nothing reads the uncertainty map at validation
 
     def test_step(self, batch: Batch, *args, **kwargs) -> Batch:
+        """Score the batch, with its ``uncertainty_map`` (:mod:`~anomalib_bayes_pfl.uncertainty`) for the pictures."""
+        del args, kwargs
+        return self._score(batch, uncertainty=True)
+
+    def _score(self, batch: Batch, uncertainty: bool) -> Batch:
         """Score the batch with per-image class names where the data layout gives them.
 
         Validation, test and predict take this one path. The evaluator and post-processor collect what they need
-        from the returned batch, which also carries ``uncertainty_map`` (:mod:`~anomalib_bayes_pfl.uncertainty`).
-        An image with NaN or Inf pixels is an error naming it (it has no score).
+        from the returned batch; the uncertainty map, not a field of anomalib's batches, is an attribute. An image
+        with NaN or Inf pixels is an error naming it (it has no score).
         """
-        del args, kwargs
         finite.check_finite_images(batch.image, batch.image_path)
-        prediction = self.model(batch.image, self._class_names(batch), uncertainty=True)._asdict()
-        batch.uncertainty_map = prediction.pop("uncertainty_map")  # not a field of anomalib's batches: an attribute
+        prediction = self.model(batch.image, self._class_names(batch), uncertainty=uncertainty)._asdict()
+        if uncertainty:
+            batch.uncertainty_map = prediction.pop("uncertainty_map")
         return batch.update(**prediction)
 
     predict_step = test_step
