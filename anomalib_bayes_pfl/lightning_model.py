@@ -229,6 +229,7 @@ class BayesPFL(AnomalibModule):
         if check_few_shot_arguments(k_shot, few_shot_source, few_shot_weight, prompt_weights):
             self.model.add_few_shot_memory(k_shot, few_shot_weight)
         self.per_image_class_names = False  # chosen by setup from the datamodule
+        self._label_free_validation = False  # decided at the start of each validation
         self.loss = BayesPFLLoss(focal_gamma, kl_weight, orthogonal_weight)
         self.automatic_optimization = False  # two stages, two optimisers
         self.stage_switch = training.StageSwitch(stage_patience, stage1_max_epochs)
@@ -485,6 +486,12 @@ class BayesPFL(AnomalibModule):
         self.log("train_stage", float(stage), sync_dist=True)
         return terms["loss"].detach()
 
+    def on_validation_epoch_start(self) -> None:
+        """Decide once per validation whether it is label-free (see :meth:`validation_step`), not once per batch."""
+        self._label_free_validation = (
+            self.synthesis is not None and not self.zero_shot and holds_normal_images_only(self.trainer)
+        )
+
     def validation_step(self, batch: Batch, *args, **kwargs) -> Batch:
         """Score the batch; label-free, each normal image is scored again with a synthetic anomaly.
 
@@ -492,7 +499,7 @@ class BayesPFL(AnomalibModule):
         select the checkpoint would be undefined (see :mod:`anomalib_bayes_pfl.validation`).
         """
         del args, kwargs
-        if self.synthesis is not None and not self.zero_shot and holds_normal_images_only(self.trainer):
+        if self._label_free_validation:
             with_synthetic_anomalies(batch, self.synthesis, self.model.backbone, self.attention_layer)
         return self._score(batch, uncertainty=False)  # nothing reads the uncertainty map at validation
 

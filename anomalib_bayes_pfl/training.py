@@ -29,6 +29,7 @@ import torch
 from .checkpoints import head_state_dict
 from .resume import SEED_STRIDE
 from .torch_model import BayesPFLModel
+from .validation import lists_normal_images_only
 
 SWITCHED = "switched"
 """What :meth:`StageSwitch.end_of_epoch` returns when the model has just been switched to stage 2."""
@@ -125,8 +126,7 @@ def holds_no_anomalies(datamodule: object) -> bool:
         >>> holds_no_anomalies(SimpleNamespace(train_data=SimpleNamespace(samples=pd.DataFrame({"label_index": [0]}))))
         True
     """
-    samples = getattr(getattr(datamodule, "train_data", None), "samples", None)
-    return samples is not None and "label_index" in samples and not samples.label_index.any()
+    return lists_normal_images_only(getattr(getattr(datamodule, "train_data", None), "samples", None))
 
 
 def synthesise_anomalies(setting: bool | None, normal_only: bool) -> bool:

@@ -55,11 +55,15 @@ def _datasets(loaders: Any) -> list[Any]:  # noqa: ANN401 - Lightning gives a lo
     return [getattr(loader, "dataset", None) for loader in loaders]
 
 
+def lists_normal_images_only(samples: Any) -> bool:  # noqa: ANN401 - a pandas table, or anything else
+    """Whether an anomalib dataset's ``samples`` table is there and labels no image anomalous."""
+    return samples is not None and "label_index" in samples and not samples.label_index.any()
+
+
 def holds_normal_images_only(trainer: Trainer) -> bool:
     """Whether the validation data is known to hold no anomalous image (anomalib datasets list their labels)."""
     tables = [getattr(dataset, "samples", None) for dataset in _datasets(trainer.val_dataloaders)]
-    known = [table for table in tables if table is not None and "label_index" in table]
-    return bool(known) and len(known) == len(tables) and not any(table.label_index.any() for table in known)
+    return bool(tables) and all(map(lists_normal_images_only, tables))
 
 
 def with_synthetic_anomalies(
