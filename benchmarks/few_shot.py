@@ -37,13 +37,14 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from anomalib.metrics import AUPRO, AUROC, Evaluator
 from anomalib.models import AnomalibModule, Patchcore, WinClip
-from lightning.pytorch import seed_everything
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
 from anomalib_bayes_pfl import BayesPFL, generate_synthetic_dataset, save_prompt_weights
 from anomalib_bayes_pfl.demo import TINY_MODEL_ARGS
@@ -69,8 +70,15 @@ def _evaluator() -> Evaluator:
     )
 
 
-def _engine(root: Path) -> Engine:
-    return Engine(default_root_dir=root, accelerator="cpu", devices=1, enable_progress_bar=False, logger=False)
+def _engine(root: Path, *callbacks: Callback) -> Engine:
+    return Engine(
+        default_root_dir=root,
+        accelerator="cpu",
+        devices=1,
+        enable_progress_bar=False,
+        logger=False,
+        callbacks=list(callbacks),
+    )
 
 
 def false_alarm_rate(predictions: Sequence) -> float:
@@ -85,16 +93,31 @@ def false_alarm_rate(predictions: Sequence) -> float:
     return float(labels[normal].float().mean()) if normal.any() else math.nan
 
 
+class TestBatches(Callback):
+    """Keeps the test batches: the post-processor labels them in place after this hook, before the test ends.
+
+    Reading the labels of the test pass spares a predict pass over the same images (a third of WinCLIP's CPU time).
+    """
+
+    def __init__(self) -> None:
+        self.batches: list = []
+
+    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any) -> None:
+        """Keep a reference to the batch; its labels are read once the test is over."""
+        del trainer, pl_module, args
+        self.batches.append(outputs)
+
+
 def evaluate(model: AnomalibModule, data_root: Path, category: str, work: Path) -> dict[str, float]:
     """Fit (training or, for zero- and few-shot models, validation: the thresholds), test, and label the test set."""
     datamodule = MVTecAD(
         root=data_root, category=category, eval_batch_size=32, num_workers=0, val_split_mode="from_test", seed=0
     )
-    engine = _engine(work)
+    batches = TestBatches()
+    engine = _engine(work, batches)
     engine.fit(model, datamodule=datamodule)
     results = engine.test(model, datamodule=datamodule, verbose=False)[0]
-    predictions = engine.predict(model, datamodule=datamodule)  # anomalib predicts on the test split
-    return {metric: float(results[metric]) for metric in METRICS} | {FALSE_ALARMS: false_alarm_rate(predictions)}
+    return {metric: float(results[metric]) for metric in METRICS} | {FALSE_ALARMS: false_alarm_rate(batches.batches)}
 
 
 def variants(
