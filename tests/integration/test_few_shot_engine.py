@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from anomalib.data import MVTecAD
+from anomalib.data import MVTecAD, PredictDataset
 from anomalib.data.utils import read_image
 from engines import cpu_engine
+from torch.utils.data import DataLoader
 
 from anomalib_bayes_pfl import BayesPFL, save_prompt_weights
 from anomalib_bayes_pfl.images import read_rgb
@@ -112,3 +113,22 @@ def test_export_matches_eager(
         expected = model.post_processor(model.model(image))
     assert abs(float(np.asarray(prediction.pred_score).flatten()[0]) - float(expected.pred_score)) <= 1e-3
     assert np.abs(np.asarray(prediction.anomaly_map).squeeze() - expected.anomaly_map.squeeze().numpy()).max() <= 1e-3
+
+
+def _predict_loader(folder: Path) -> DataLoader:
+    dataset = PredictDataset(folder)
+    return DataLoader(dataset, batch_size=4, collate_fn=dataset.collate_fn)
+
+
+def test_predict_from_dataloaders_only(synthetic_root: Path, tiny_kwargs: dict, head: Path, tmp_path: Path) -> None:
+    """``Engine.predict(model, dataloaders=...)`` without datamodule: references from few_shot_source, or an error."""
+    test_images = synthetic_root / "ring" / "test" / "spot"
+    references = synthetic_root / "ring" / "train" / "good"
+    model = BayesPFL(**tiny_kwargs, prompt_weights=str(head), k_shot=1, few_shot_source=str(references))
+    predictions = cpu_engine(tmp_path / "a").predict(model, dataloaders=_predict_loader(test_images))
+    assert sum(len(batch.pred_score) for batch in predictions) == len(list(test_images.iterdir()))
+    assert model.model.few_shot.memory.numel() > 0
+
+    without = BayesPFL(**tiny_kwargs, prompt_weights=str(head), k_shot=1)
+    with pytest.raises(RuntimeError, match="few_shot_source"):
+        cpu_engine(tmp_path / "b").predict(without, dataloaders=_predict_loader(test_images))
