@@ -161,7 +161,7 @@ def run(
     results = {}
     with tempfile.TemporaryDirectory() as work:
         root = Path(work)
-        data_root = generate_synthetic_dataset(root / "data", image_size=64, **DATASET)
+        data_root = generate_synthetic_dataset(root / "data", categories, image_size=64, **DATASET)
         torch.manual_seed(0)
         head = save_prompt_weights(BayesPFLModel(**TINY_MODEL_ARGS), root / "head.pt")
         for name, build in variants(head, shots, rate, models).items():
