@@ -130,7 +130,7 @@ def training_gold(verified: None) -> dict:
     return torch.load(FIXTURES / "training.pt", weights_only=True)
 
 
-def build(image_size: int, num_samples: int) -> BayesPFL:
+def build(image_size: int, num_samples: int, **options: object) -> BayesPFL:
     """What a user writes to run the authors' head on their CLIP (here the tiny architecture of the goldens)."""
     return BayesPFL(
         backbone=str(CONFIG_FILE),
@@ -142,6 +142,7 @@ def build(image_size: int, num_samples: int) -> BayesPFL:
         num_samples=num_samples,
         gaussian_sigma=0,
         score_alpha=1.0,
+        **options,
     )
 
 
@@ -378,6 +379,22 @@ def test_score_and_map_image_by_image(
             )
     finally:
         model.set_class_name("object")
+
+
+def test_few_shot_on_the_authors_head(inference_gold: dict) -> None:
+    """k_shot on the authors' head: weight 0 gives their zero-shot output; a reference's own patches are normal."""
+    settings = inference_gold["cases"]["S64_R10"]
+    images, gold = inference_gold[settings["images"]], settings["stage2"]
+    model = build(settings["image_size"], settings["sample_num"], k_shot=1, few_shot_weight=0.0).model.eval()
+    model.fill_few_shot_memory(images[:1])
+    with torch.no_grad():
+        zero_shot = model(images, settings["class_names"])
+        model.few_shot.weight = 1.0
+        memory_only = model(images, settings["class_names"])
+    assert_abs("text score", zero_shot.pred_score, gold["text_score"])
+    assert_abs("anomaly map", zero_shot.anomaly_map, gold["anomaly_map"])
+    assert memory_only.anomaly_map[0].abs().max() < 1e-3  # the reference itself
+    assert (memory_only.pred_score[1:] > 10 * memory_only.pred_score[0].abs()).all()
 
 
 @pytest.mark.parametrize("case", [case for case, stages in STAGES.items() if 1 in stages])
