@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import inspect
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_runs import run_anomalib
 
 from anomalib_bayes_pfl.demo import TARGET_CATEGORIES, run
 
@@ -60,10 +58,7 @@ def test_paper_protocol_configs_train_with_exact_gelu(name: str) -> None:
 
 def test_anomalib_cli_trains_the_demo_config(tmp_path: Path, synthetic_root: Path) -> None:
     """`anomalib train -c configs/demo.yaml` trains and tests through the stock CLI."""
-    command = [
-        sys.executable,
-        "-c",
-        "from anomalib.cli.cli import main; main()",
+    completed = run_anomalib(
         "train",
         "-c",
         str(CONFIGS / "demo.yaml"),
@@ -77,10 +72,6 @@ def test_anomalib_cli_trains_the_demo_config(tmp_path: Path, synthetic_root: Pat
         "1",
         "--default_root_dir",
         str(tmp_path),
-    ]
-    completed = subprocess.run(
-        command, capture_output=True, text=True, timeout=600, env=os.environ | {"PYTHONWARNINGS": "ignore"}
     )
-    assert completed.returncode == 0, completed.stderr[-3000:]
     assert "image_AUROC" in completed.stdout + completed.stderr
     assert list(tmp_path.rglob("*.ckpt"))

@@ -8,14 +8,11 @@ MVTecAD ...` must write a checkpoint holding the memory and the calibrated thres
 from __future__ import annotations
 
 import csv
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_runs import model_arguments, run_anomalib
 from PIL import Image
 
 from anomalib_bayes_pfl import generate_synthetic_dataset, save_prompt_weights
@@ -25,25 +22,9 @@ from anomalib_bayes_pfl.torch_model import BayesPFLModel
 pytestmark = pytest.mark.integration
 
 
-def _cli_value(value: object) -> str:
-    """A Python setting as the command line writes it."""
-    if value is None:
-        return "null"
-    return json.dumps(list(value)) if isinstance(value, tuple) else str(value)
-
-
-def _anomalib(*arguments: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-c", "from anomalib.cli.cli import main; main()", *arguments]
-    env = os.environ | {"PYTHONWARNINGS": "ignore"}
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    return completed
-
-
 def _model_arguments(head: Path) -> list[str]:
-    few_shot = {"prompt_weights": str(head), "k_shot": "2", "false_alarm_rate": "0.25", "seed": "0"}
-    settings = {key: _cli_value(value) for key, value in TINY_MODEL_ARGS.items()} | few_shot
-    return ["--model", "BayesPFL", *(item for key, value in settings.items() for item in (f"--model.{key}", value))]
+    few_shot = {"prompt_weights": str(head), "k_shot": 2, "false_alarm_rate": 0.25, "seed": 0}
+    return model_arguments(TINY_MODEL_ARGS | few_shot)
 
 
 def test_train_then_predict_with_labels_and_uncertainty(tmp_path: Path) -> None:
@@ -53,7 +34,7 @@ def test_train_then_predict_with_labels_and_uncertainty(tmp_path: Path) -> None:
     torch.manual_seed(0)
     head = save_prompt_weights(BayesPFLModel(**TINY_MODEL_ARGS), tmp_path / "head.pt")
     loading = ["--data.num_workers", "0", "--trainer.accelerator", "cpu"]
-    _anomalib(
+    run_anomalib(
         "train", *_model_arguments(head), "--data", "MVTecAD", "--data.root", str(data), "--data.category", "ring",
         "--data.val_split_mode", "from_train", "--data.val_split_ratio", "0.5", "--data.seed", "0", *loading,
         "--default_root_dir", str(tmp_path / "train"),
@@ -64,7 +45,7 @@ def test_train_then_predict_with_labels_and_uncertainty(tmp_path: Path) -> None:
     assert torch.isfinite(stored["post_processor._image_threshold"])
 
     unlabelled = data / "ring" / "test" / "good"
-    _anomalib(
+    run_anomalib(
         "predict", *_model_arguments(head), "--ckpt_path", str(checkpoint), "--data", str(unlabelled),
         "--trainer.accelerator", "cpu", "--default_root_dir", str(tmp_path / "predict"),
     )  # fmt: skip

@@ -4,16 +4,14 @@ verdict on non-finite images."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from anomalib.engine import Engine
+from cli_runs import run_anomalib
 from engines import cpu_engine
 from lightning.pytorch import Callback, Trainer, seed_everything
 from PIL import Image
@@ -178,13 +176,11 @@ def test_engine_train_resumed_tests_what_an_uninterrupted_run_tests(
 
 def _cli_train(root: Path, data: Path) -> dict[str, torch.Tensor]:
     """One epoch of ``anomalib train -c configs/demo.yaml`` in a fresh process; the trained head of last.ckpt."""
-    command = [sys.executable, "-c", "from anomalib.cli.cli import main; main()", "train", "-c", str(DEMO_CONFIG)]
-    command += ["--data.init_args.source_root", str(data), "--data.init_args.target_root", str(data)]
-    command += ["--trainer.max_epochs", "1", "--model.init_args.stage1_max_epochs", "1"]
-    command += ["--default_root_dir", str(root)]
-    environment = {key: value for key, value in os.environ.items() if key != "PL_GLOBAL_SEED"}
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment, check=False)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    run_anomalib(
+        "train", "-c", str(DEMO_CONFIG), "--data.init_args.source_root", str(data),
+        "--data.init_args.target_root", str(data), "--trainer.max_epochs", "1",
+        "--model.init_args.stage1_max_epochs", "1", "--default_root_dir", str(root),
+    )  # fmt: skip
     state = torch.load(next(root.rglob("weights/lightning/last.ckpt")), weights_only=True)["state_dict"]
     return {key: value for key, value in state.items() if key.startswith("model.") and "backbone" not in key}
 
