@@ -3,15 +3,14 @@
 
 """Decision thresholds from normal images only, at a false-alarm rate the user chooses (split conformal).
 
-Given the scores of ``n`` normal calibration images that took no part in building what they are scored against
-(held-out validation images, or few-shot references each scored against a memory built without it: see
-:func:`leave_one_out_scores`), the threshold is the ``k``-th smallest of them with ``k = ceil((n + 1)(1 - rate))``,
-and an image is anomalous when its score is *above* it. Guarantee (split conformal prediction): for a new normal
-image whose score is exchangeable with the calibration scores, ``P(false alarm) <= rate``, the probability being over
-the calibration images and the new one. Without ties it is also ``>= rate - 1 / (n + 1)``. The assumption is what
-matters in practice: calibration and new images come from the same distribution (same line, lighting, camera,
-product); a drift breaks it. The smallest rate that ``n`` images can guarantee is ``1 / (n + 1)``: a smaller one
-needs more images (:func:`minimum_calibration_images`), and no threshold is set.
+Given the scores of ``n`` normal calibration images that took no part in building what they are scored against (held-out
+validation images, not the few-shot references that form the memory), the threshold is the ``k``-th smallest of them
+with ``k = ceil((n + 1)(1 - rate))``, and an image is anomalous when its score is *above* it. Guarantee (split conformal
+prediction): for a new normal image whose score is exchangeable with the calibration scores, ``P(false alarm) <= rate``,
+the probability being over the calibration images and the new one. Without ties it is also ``>= rate - 1 / (n + 1)``.
+The assumption is what matters in practice: calibration and new images come from the same distribution (same line,
+lighting, camera, product); a drift breaks it. The smallest rate that ``n`` images can guarantee is ``1 / (n + 1)``: a
+smaller one needs more images (:func:`minimum_calibration_images`), and no threshold is set.
 
 Pixels are calibrated with the same rule over all ``n * N`` pixels of the ``n`` images (``N`` pixels each), with
 ``k = ceil((n + 1) * N * (1 - rate))``: by the same exchangeability argument over images, the expected share of
@@ -22,16 +21,12 @@ bounds the mean share, not the chance that a given image has no false-alarm pixe
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 from fractions import Fraction
-from typing import TypeVar
 
 import torch
 from anomalib.data import Batch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
-
-T = TypeVar("T")
 
 
 def check_false_alarm_rate(rate: float | None) -> float | None:
@@ -95,25 +90,6 @@ def conformal_threshold(scores: torch.Tensor, rate: float) -> torch.Tensor:
     if rank is None:
         return torch.tensor(float("nan"), device=scores.device)
     return flat.flatten().kthvalue(rank).values
-
-
-def leave_one_out_scores(references: Sequence[T], score: Callable[[T, list[T]], torch.Tensor]) -> torch.Tensor:
-    """Score each reference against all the others, so that no reference scores itself.
-
-    For few-shot mode, whose reference images are also its memory: ``score(reference, others)`` scores one
-    reference's features against a memory built from ``others`` and returns its image score (or map). The results,
-    stacked, are calibration scores for :func:`conformal_threshold`; ``n`` references calibrate a memory of
-    ``n - 1``, so the threshold is slightly conservative for the full memory (one more reference can only bring a
-    normal patch closer).
-
-    Example:
-        >>> leave_one_out_scores([1.0, 2.0, 4.0], lambda x, rest: torch.tensor(min(abs(x - r) for r in rest)))
-        tensor([1., 1., 2.])
-    """
-    if len(references) < 2:  # noqa: PLR2004 - one reference leaves an empty memory
-        msg = f"Leave-one-out calibration needs at least 2 reference images, got {len(references)}."
-        raise ValueError(msg)
-    return torch.stack([score(item, [*references[:i], *references[i + 1 :]]) for i, item in enumerate(references)])
 
 
 class NormalScoreThreshold(Metric):

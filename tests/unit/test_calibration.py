@@ -13,7 +13,6 @@ from anomalib_bayes_pfl.calibration import (
     check_false_alarm_rate,
     conformal_rank,
     conformal_threshold,
-    leave_one_out_scores,
     minimum_calibration_images,
 )
 from anomalib_bayes_pfl.thresholds import BayesPFLPostProcessor, ThresholdWarning
@@ -67,16 +66,6 @@ def test_the_mean_share_of_false_alarm_pixels_is_guaranteed_for_correlated_pixel
         [(maps(1) > conformal_threshold(maps(num_images), rate)).float().mean() for _ in range(TRIALS)]
     )
     assert float(shares.mean()) <= rate + 5 * float(shares.std()) / TRIALS**0.5
-
-
-def test_leave_one_out_never_scores_a_reference_against_itself() -> None:
-    """Each reference meets a memory of all the others, in order; fewer than two references is an error."""
-    seen = []
-    scores = leave_one_out_scores([1, 2, 3], lambda item, rest: seen.append((item, rest)) or torch.tensor(0.0))
-    assert seen == [(1, [2, 3]), (2, [1, 3]), (3, [1, 2])]
-    assert scores.shape == (3,)
-    with pytest.raises(ValueError, match="at least 2 reference images"):
-        leave_one_out_scores([1], lambda item, rest: torch.tensor(0.0))
 
 
 @pytest.mark.parametrize("rate", [0, 1, 1.5, -0.1, True, "0.1"])
