@@ -93,6 +93,13 @@ def false_alarm_rate(predictions: Sequence) -> float:
     return float(labels[normal].float().mean()) if normal.any() else math.nan
 
 
+def category_data(data_root: Path, category: str) -> MVTecAD:
+    """One category; validation is a seeded half of its test split, so thresholds never see the measuring half."""
+    return MVTecAD(
+        root=data_root, category=category, eval_batch_size=32, num_workers=0, val_split_mode="from_test", seed=0
+    )
+
+
 class TestBatches(Callback):
     """Keeps the test batches: the post-processor labels them in place after this hook, before the test ends.
 
@@ -110,9 +117,7 @@ class TestBatches(Callback):
 
 def evaluate(model: AnomalibModule, data_root: Path, category: str, work: Path) -> dict[str, float]:
     """Fit (training or, for zero- and few-shot models, validation: the thresholds), test, and label the test set."""
-    datamodule = MVTecAD(
-        root=data_root, category=category, eval_batch_size=32, num_workers=0, val_split_mode="from_test", seed=0
-    )
+    datamodule = category_data(data_root, category)
     batches = TestBatches()
     engine = _engine(work, batches)
     engine.fit(model, datamodule=datamodule)

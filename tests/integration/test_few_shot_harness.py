@@ -8,8 +8,7 @@ from pathlib import Path
 
 import few_shot
 import pytest
-from anomalib.data import MVTecAD
-from anomalib.engine import Engine
+from engines import cpu_engine
 from lightning.pytorch import seed_everything
 
 from anomalib_bayes_pfl import BayesPFL, generate_synthetic_dataset, save_prompt_weights
@@ -40,8 +39,7 @@ def test_false_alarm_rate_of_the_test_pass_equals_predict(tmp_path: Path) -> Non
     seed_everything(0)
     measured = few_shot.evaluate(model, data, "ring", tmp_path / "runs")[few_shot.FALSE_ALARMS]
 
-    datamodule = MVTecAD(data, category="ring", eval_batch_size=32, num_workers=0, val_split_mode="from_test", seed=0)
-    engine = Engine(default_root_dir=tmp_path / "p", accelerator="cpu", logger=False, enable_progress_bar=False)
-    predicted = few_shot.false_alarm_rate(engine.predict(model, datamodule=datamodule))
+    predictions = cpu_engine(tmp_path / "p").predict(model, datamodule=few_shot.category_data(data, "ring"))
+    predicted = few_shot.false_alarm_rate(predictions)
     assert math.isfinite(measured)
     assert measured == predicted
