@@ -230,6 +230,8 @@ class BayesPFL(AnomalibModule):
             self.model.add_few_shot_memory(k_shot, few_shot_weight)
         self.per_image_class_names = False  # chosen by setup from the datamodule
         self._label_free_validation = False  # decided at the start of each validation
+        self._references_collected = False  # the few-shot memory is filled once, by the first setup with references
+        self._resumed_from: str | None = None  # the checkpoint the last fit resumed from (on_train_start)
         self.loss = BayesPFLLoss(focal_gamma, kl_weight, orthogonal_weight)
         self.automatic_optimization = False  # two stages, two optimisers
         self.stage_switch = training.StageSwitch(stage_patience, stage1_max_epochs)
@@ -390,7 +392,7 @@ class BayesPFL(AnomalibModule):
         Without either the memory stays as it is: a checkpoint restored after ``setup`` may hold one; scoring with an
         empty memory is an error naming the fix.
         """
-        if self.model.few_shot is None or getattr(self, "_references_collected", False):
+        if self.model.few_shot is None or self._references_collected:
             return
         source, k_shot = self.hparams.few_shot_source, self.hparams.k_shot
         if source is not None:
@@ -606,7 +608,7 @@ class BayesPFL(AnomalibModule):
 
     def _testing_the_resumed_file(self) -> bool:
         """Whether a test is loading the checkpoint that the fit run before it, in this process, resumed from."""
-        resumed = getattr(self, "_resumed_from", None)  # set by on_train_start
+        resumed = self._resumed_from
         if self._trainer is None or not self.trainer.testing or not resumed or not self.trainer.ckpt_path:
             return False
         return Path(self.trainer.ckpt_path).resolve() == Path(resumed).resolve()
