@@ -37,7 +37,7 @@ from anomalib.post_processing import PostProcessor
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics import Metric
 
-from .calibration import NormalScoreThreshold, check_false_alarm_rate, conformal_threshold, minimum_calibration_images
+from .calibration import NormalScoreThreshold, check_false_alarm_rate, minimum_calibration_images
 from .data.auxiliary import category_from_path
 
 NEUTRAL_SENSITIVITY = 0.5
@@ -173,36 +173,12 @@ class BayesPFLPostProcessor(PostProcessor):
             if not trainer.sanity_checking and bool(torch.isnan(self._image_threshold)):
                 warnings.warn(self._too_few_images_message(), ThresholdWarning, stacklevel=2)
 
-    def calibrate(self, scores: torch.Tensor, anomaly_maps: torch.Tensor | None = None) -> None:
-        """Set the thresholds from normal scores computed elsewhere (few-shot leave-one-out, see :mod:`.calibration`).
-
-        Normalisation statistics that validation has not set are taken from the same scores, so labels follow.
-
-        Args:
-            scores (torch.Tensor): Image scores of ``n`` normal images, ``(n,)``.
-            anomaly_maps (torch.Tensor | None): Their anomaly maps, ``(n, H, W)``; ``None``: no pixel threshold.
-        """
-        if self.false_alarm_rate is None:
-            msg = "calibrate() sets thresholds at the false-alarm rate: create the post-processor with one."
-            raise ValueError(msg)
-        self.calibration_images = len(scores)
-        for values, threshold, low, high in (
-            (scores, self._image_threshold, self.image_min, self.image_max),
-            (anomaly_maps, self._pixel_threshold, self.pixel_min, self.pixel_max),
-        ):
-            if values is None:
-                continue
-            threshold.copy_(conformal_threshold(values, self.false_alarm_rate))
-            if self.enable_normalization and bool(torch.isnan(low) | torch.isnan(high)):
-                low.copy_(values.min())
-                high.copy_(values.max())
-
     def _too_few_images_message(self) -> str:
         """Why a false-alarm threshold is missing, and the fix."""
         rate, count = self.false_alarm_rate, self.calibration_images or 0
         return (
             f"No anomaly threshold at false_alarm_rate={rate}: it needs at least {minimum_calibration_images(rate)} "
-            f"normal calibration images (validation images or few-shot references) and there were {count} (n images "
+            f"normal calibration images (held-out validation images) and there were {count} (n images "
             "can guarantee no rate below 1/(n + 1)). Validate on more normal images (e.g. a larger val_split_ratio) "
             "or choose a larger rate."
         )
