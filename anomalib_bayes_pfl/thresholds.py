@@ -80,6 +80,7 @@ class BayesPFLPostProcessor(PostProcessor):
         self.false_alarm_rate = false_alarm_rate
         self._validated: set[str] = set()
         self._warned: set[str] = set()
+        self._discard_loaded_thresholds = False  # set by load_checkpoint_config, applied as the state loads
 
     @property
     def false_alarm_rate(self) -> float | None:
@@ -146,7 +147,7 @@ class BayesPFLPostProcessor(PostProcessor):
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
         """Load the buffers; thresholds and statistics learnt at another rate than the asked one are reset."""
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if getattr(self, "_discard_loaded_thresholds", False):
+        if self._discard_loaded_thresholds:
             for name in ("_image_threshold", "_pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max"):
                 getattr(self, name).fill_(float("nan"))
             self._discard_loaded_thresholds = False
