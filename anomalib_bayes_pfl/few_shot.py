@@ -37,10 +37,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .anomaly_map import top_k_mean
-from .images import display_path, read_rgb
+from .images import display_path, image_files, read_rgb
 
 MEMORY_DTYPE = torch.float16
 """Storage type of the memory: half the size of float32, the distance map moves by less than 1e-3."""
@@ -163,13 +162,13 @@ class PatchMemory(nn.Module):
 
 
 def reference_paths(source: str | Path | Sequence[str | Path]) -> list[Path]:
-    """The reference files of ``few_shot_source``: a folder's images (recursively, sorted), or a list as given."""
+    """The reference files of ``few_shot_source``: a folder's :func:`image_files`, or a list as given."""
     if isinstance(source, str | Path):
         folder = Path(source)
         if not folder.is_dir():
             msg = f"few_shot_source={display_path(folder)} is not a folder; give a folder or a list of image files."
             raise ValueError(msg)
-        return sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMG_EXTENSIONS and path.is_file())
+        return image_files(folder)
     return [Path(path) for path in source]
 
 

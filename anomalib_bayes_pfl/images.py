@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision import tv_tensors
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2.functional import to_dtype, to_image
 
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -110,6 +111,15 @@ class BadImageError(ValueError):
         super().__init__(f"Cannot use image {display_path(path)}: {reason}")
         self.path = Path(path)
         self.reason = reason
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every entry under ``folder`` with an image extension (any case) that is not a folder, sorted.
+
+    Special files (pipes, sockets, devices) are kept: :func:`read_rgb` refuses them by name without opening them, so
+    that they are reported rather than silently left out.
+    """
+    return sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMG_EXTENSIONS and not path.is_dir())
 
 
 def _gray_to_rgb(gray: np.ndarray) -> torch.Tensor:

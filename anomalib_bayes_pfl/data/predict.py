@@ -49,7 +49,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2 import Transform
 
 from ..atomic import atomic_write_csv
-from ..images import BadImageError, MultiFrameImageWarning, display_path, read_rgb
+from ..images import BadImageError, MultiFrameImageWarning, display_path, image_files, read_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -85,17 +85,13 @@ def _log_skip(item: SkippedImage) -> None:
 
 
 def _candidates(path: Path) -> list[Path]:
-    """The path itself if it is not a folder, or every file with an image extension (any case) under it, sorted.
-
-    Special files (pipes, sockets, devices) are candidates too: :func:`read_rgb` refuses them without opening them,
-    so that they are reported rather than silently left out.
-    """
+    """The path itself if it is not a folder, else its :func:`image_files` (none is an error naming the folder)."""
     if not path.is_dir():
         if path.exists():
             return [path]
         msg = f"Nothing to predict: {display_path(path)} is neither an image file nor a folder."
         raise FileNotFoundError(msg)
-    files = sorted(file for file in path.rglob("*") if file.suffix.lower() in IMG_EXTENSIONS and not file.is_dir())
+    files = image_files(path)
     if not files:
         msg = f"Found no image files in {display_path(path)} (extensions, any case: {', '.join(IMG_EXTENSIONS)})."
         raise ValueError(msg)

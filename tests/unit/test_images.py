@@ -15,7 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from anomalib_bayes_pfl.images import BadImageError, MultiFrameImageWarning, display_path, read_rgb
+from anomalib_bayes_pfl.images import BadImageError, MultiFrameImageWarning, display_path, image_files, read_rgb
 from anomalib_bayes_pfl.lightning_model import BayesPFL
 
 PRE_PROCESS = BayesPFL.configure_pre_processor((64, 64)).transform
@@ -267,3 +267,12 @@ class TestPreProcessing:
         model_input = PRE_PROCESS(image.unsqueeze(0))
         assert model_input.shape == (1, 3, 64, 64)
         assert torch.isfinite(model_input).all()
+
+
+def test_image_files_of_a_folder_in_any_case_and_sorted(tmp_path: Path) -> None:
+    """Image extensions in any case, in sub-folders too; other files and folders named like images are left out."""
+    for name in ("b/A.PNG", "a.jpg", "c.JpEg", "notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "folder.png").mkdir()
+    assert image_files(tmp_path) == [tmp_path / "a.jpg", tmp_path / "b" / "A.PNG", tmp_path / "c.JpEg"]
